@@ -1,0 +1,247 @@
+#pragma once
+/// \file
+/// \brief The affine quantizer shared by PTQ (per tensor), PSQ (per row) and the per-column
+/// grad-weight quantizer: ranges → grids → one pass of rounding.
+
+#include <cstdint>
+#include <limits>
+#include <type_traits>
+#include <vector>
+
+#include "fqt/core/error.hpp"
+#include "fqt/core/matrix.hpp"
+#include "fqt/core/parallel.hpp"
+#include "fqt/core/random.hpp"
+#include "fqt/quant/grid.hpp"
+#include "fqt/quant/quantized.hpp"
+#include "fqt/quant/rounding.hpp"
+
+namespace fqt {
+namespace detail {
+
+/// The affine maps of one quantization call, one per tensor, row or column.
+template <class Scalar>
+struct AffineMaps {
+  Vector<Scalar> scale, inv_scale, zero_point;
+
+  void resize(Index n) {
+    scale.resize(n);
+    inv_scale.resize(n);
+    zero_point.resize(n);
+  }
+  void set(Index i, const AffineMap<Scalar>& m) {
+    scale(i) = m.scale;
+    inv_scale(i) = m.inv_scale;
+    zero_point(i) = m.zero_point;
+  }
+  AffineMap<Scalar> get(Index i) const { return {scale(i), inv_scale(i), zero_point(i)}; }
+};
+
+template <class Scalar>
+void check_bits(int bits, int max_bits, const char* where) {
+  check(bits >= 1 && bits <= max_bits, where, "bits must be in [1, ", max_bits, "], got ", bits);
+}
+
+}  // namespace detail
+
+/// \brief An affine quantizer with one grid per tensor, per row or per column.
+///
+/// Codes are unsigned, B = 2^bits − 1 bins, ranges are the exact min and max of each group (no
+/// epsilon); the grid is Free or ZeroAligned (see `Grid`). With `Stochastic` rounding the result
+/// is unbiased, E[Q(x)] = x (up to 2^-17 of a step, see rounding.hpp), and consumes one 16-bit
+/// uniform per element, keyed by the element's row-major index, so codes do not depend on the
+/// thread count. With `Nearest` it is the deterministic forward quantizer Q_f.
+/// \tparam kGranularity PerTensor (PTQ), PerRow (PSQ: rows are samples) or PerColumn
+/// \tparam Scalar float or double
+/// \tparam Rounding Stochastic or Nearest
+/// \tparam Code std::uint8_t (≤ 8 bits) or std::uint16_t (≤ 16 bits)
+template <Granularity kGranularity, class Scalar = float, class Rounding = Stochastic,
+          class Code = std::uint8_t>
+class AffineQuantizer {
+  static_assert(std::is_floating_point_v<Scalar>, "fqt quantizers need a floating-point Scalar");
+  static_assert(std::is_same_v<Code, std::uint8_t> || std::is_same_v<Code, std::uint16_t>,
+                "fqt quantizers produce std::uint8_t or std::uint16_t codes");
+
+ public:
+  using scalar_type = Scalar;
+  using code_type = Code;
+  using rounding_type = Rounding;
+  static constexpr Granularity granularity = kGranularity;
+
+  /// \param bits 1 ≤ bits ≤ 8·sizeof(Code)
+  /// \param grid where the grid sits (ZeroAligned keeps exact zeros exact)
+  explicit AffineQuantizer(int bits, Grid grid = Grid::ZeroAligned) : bits_(bits), grid_(grid) {
+    detail::check_bits<Scalar>(bits, 8 * static_cast<int>(sizeof(Code)), name());
+  }
+
+  /// The quantizer's name, used in error messages.
+  static constexpr const char* name() {
+    switch (kGranularity) {
+      case Granularity::PerTensor:
+        return "PerTensorQuantizer";
+      case Granularity::PerRow:
+        return "PerSampleQuantizer";
+      default:
+        return "PerColumnQuantizer";
+    }
+  }
+
+  int bits() const { return bits_; }
+  Grid grid() const { return grid_; }
+  /// B = 2^bits − 1, the largest code.
+  int levels() const { return detail::max_code(bits_); }
+
+  /// \brief The affine maps this quantizer picks for x (checks x for NaN/Inf).
+  detail::AffineMaps<Scalar> maps(const MatrixCRef<Scalar>& x) const {
+    const Index n = x.rows(), d = x.cols();
+    detail::AffineMaps<Scalar> maps;
+    if (n == 0 || d == 0) {
+      maps.resize(kGranularity == Granularity::PerTensor ? 1 : (kGranularity == Granularity::PerRow ? n : d));
+      for (Index i = 0; i < maps.scale.size(); ++i) maps.set(i, AffineMap<Scalar>{});
+      return maps;
+    }
+    if constexpr (kGranularity == Granularity::PerColumn) {
+      Eigen::Array<Scalar, 1, Eigen::Dynamic> lo, hi;
+      lo.setConstant(d, std::numeric_limits<Scalar>::infinity());
+      hi.setConstant(d, -std::numeric_limits<Scalar>::infinity());
+      for (Index i = 0; i < n; ++i) {
+        const auto row = x.row(i).array();
+        if (!std::isfinite((row - row).sum())) detail::throw_non_finite<Scalar>(x, name());
+        lo = lo.min(row);
+        hi = hi.max(row);
+      }
+      maps.resize(d);
+      for (Index j = 0; j < d; ++j) {
+        if (!std::isfinite(hi(j) - lo(j))) detail::throw_non_finite<Scalar>(x, name());
+        maps.set(j, detail::choose_grid(lo(j), hi(j), levels(), grid_));
+      }
+    } else {
+      Vector<Scalar> lo(n), hi(n);
+      parallel_for(n, d, [&](Index i) { detail::row_range<Scalar>(x, i, lo(i), hi(i), name()); });
+      if constexpr (kGranularity == Granularity::PerTensor) {
+        maps.resize(1);
+        const Scalar l = lo.minCoeff(), h = hi.maxCoeff();
+        if (!std::isfinite(h - l)) detail::throw_non_finite<Scalar>(x, name());
+        maps.set(0, detail::choose_grid(l, h, levels(), grid_));
+      } else {
+        maps.resize(n);
+        for (Index i = 0; i < n; ++i)
+          maps.set(i, detail::choose_grid(lo(i), hi(i), levels(), grid_));
+      }
+    }
+    return maps;
+  }
+
+  /// \brief Quantizes x to integer codes. \param rng the noise stream (unused by Nearest)
+  Quantized<Scalar, Code> quantize(const MatrixCRef<Scalar>& x, const Philox& rng) const {
+    Quantized<Scalar, Code> q;
+    q.granularity = kGranularity;
+    q.bits = bits_;
+    auto m = maps(x);
+    q.codes.resize(x.rows(), x.cols());
+    run(x, m, rng, q.codes.data(), q.codes.cols());
+    q.scale = std::move(m.scale);
+    q.zero_point = std::move(m.zero_point);
+    return q;
+  }
+
+  /// \brief Fake quantization, dequantize ∘ quantize, written into out (same shape as x);
+  /// overwrites out. out may alias x.
+  void fake_quantize(const MatrixCRef<Scalar>& x, const Philox& rng, MatrixRef<Scalar> out) const {
+    check(out.rows() == x.rows() && out.cols() == x.cols(), name(), "::fake_quantize: output is ",
+          out.rows(), "x", out.cols(), ", input is ", x.rows(), "x", x.cols());
+    const auto m = maps(x);
+    run(x, m, rng, out.data(), out.outerStride());
+  }
+
+  /// \brief Fake quantization: the values of quantize(x, rng).
+  Matrix<Scalar> operator()(const MatrixCRef<Scalar>& x, const Philox& rng) const {
+    Matrix<Scalar> out(x.rows(), x.cols());
+    fake_quantize(x, rng, out);
+    return out;
+  }
+
+  /// \brief Fake quantization with a deterministic (Nearest) quantizer, which needs no noise.
+  Matrix<Scalar> operator()(const MatrixCRef<Scalar>& x) const {
+    static_assert(!Rounding::is_stochastic, "fqt: a stochastic quantizer needs a Philox stream");
+    return (*this)(x, Philox{});
+  }
+
+  /// \brief Exact E‖Q(x) − x‖²_F for stochastic rounding: Σ Δ²·p(1 − p), p the probability of
+  /// rounding up (f(1 − f) up to the 16-bit resolution of the noise). 0 for Nearest, whose error
+  /// is deterministic.
+  Scalar expected_variance(const MatrixCRef<Scalar>& x) const {
+    if constexpr (!Rounding::is_stochastic) {
+      (void)x;
+      return 0;
+    } else {
+      const auto m = maps(x);
+      Vector<double> per_row(x.rows());
+      parallel_for(x.rows(), x.cols(), [&](Index i) {
+        per_row(i) = detail::row_variance<Scalar>(x.row(i).data(), x.cols(), row_map(m, i),
+                                          col_ptr(m.inv_scale), col_ptr(m.zero_point),
+                                          col_ptr(m.scale), levels());
+      });
+      return static_cast<Scalar>(per_row.sum());
+    }
+  }
+
+  /// \brief Exact Var[Q(x)_ij] = Δ²·p(1 − p) for every element (0 for Nearest); sums to
+  /// expected_variance(x).
+  Matrix<double> element_variance(const MatrixCRef<Scalar>& x) const {
+    Matrix<double> out = Matrix<double>::Zero(x.rows(), x.cols());
+    if constexpr (Rounding::is_stochastic) {
+      const auto m = maps(x);
+      parallel_for(x.rows(), x.cols(), [&](Index i) {
+        for (Index j = 0; j < x.cols(); ++j) {
+          out(i, j) = detail::row_variance<Scalar>(
+              x.row(i).data() + j, 1, row_map(m, i), col_ptr(m.inv_scale, j),
+              col_ptr(m.zero_point, j), col_ptr(m.scale, j), levels());
+        }
+      });
+    }
+    return out;
+  }
+
+  /// \brief The paper's bound Σ Δ²/4 over all elements (≥ expected_variance): N·D·R²/(4B²) for
+  /// PTQ and (D/(4B²))·Σλ_i² for PSQ on the Free grid, with the zero-aligned step otherwise.
+  Scalar variance_bound(const MatrixCRef<Scalar>& x) const {
+    const auto m = maps(x);
+    const double sq = m.scale.template cast<double>().squaredNorm();
+    const double n = static_cast<double>(x.rows()), d = static_cast<double>(x.cols());
+    switch (kGranularity) {
+      case Granularity::PerTensor:
+        return static_cast<Scalar>(n * d * sq / 4);
+      case Granularity::PerRow:
+        return static_cast<Scalar>(d * sq / 4);
+      default:
+        return static_cast<Scalar>(n * sq / 4);
+    }
+  }
+
+ private:
+  static AffineMap<Scalar> row_map(const detail::AffineMaps<Scalar>& m, Index i) {
+    if constexpr (kGranularity == Granularity::PerRow) return m.get(i);
+    if constexpr (kGranularity == Granularity::PerTensor) return m.get(0);
+    return AffineMap<Scalar>{};
+  }
+  static const Scalar* col_ptr(const Vector<Scalar>& v, Index offset = 0) {
+    return kGranularity == Granularity::PerColumn ? v.data() + offset : nullptr;
+  }
+
+  template <class Out>
+  void run(const MatrixCRef<Scalar>& x, const detail::AffineMaps<Scalar>& m, const Philox& rng,
+           Out* out, Index out_stride) const {
+    const Index d = x.cols();
+    parallel_for(x.rows(), d, [&](Index i) {
+      detail::quantize_row<Rounding, Scalar, Out>(x.row(i).data(), d, static_cast<std::uint64_t>(i * d),
+                                     row_map(m, i), col_ptr(m.inv_scale), col_ptr(m.zero_point),
+                                     col_ptr(m.scale), levels(), rng, out + i * out_stride);
+    });
+  }
+
+  int bits_;
+  Grid grid_;
+};
+
+}  // namespace fqt

@@ -1,0 +1,307 @@
+#pragma once
+/// \file
+/// \brief BHQ, the block Householder quantizer: Q(G) = T⁻¹·Q_psq(T·G), with T built from the row
+/// ranges of G as in the paper (sort, greedy heads, proportional groups, the −1/3 scaling), and
+/// applied implicitly in O(N·D) time and O(D) extra memory per thread.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <numeric>
+#include <optional>
+#include <vector>
+
+#include "fqt/core/error.hpp"
+#include "fqt/core/matrix.hpp"
+#include "fqt/core/parallel.hpp"
+#include "fqt/core/random.hpp"
+#include "fqt/quant/affine.hpp"
+#include "fqt/quant/per_sample.hpp"
+#include "fqt/quant/quantized.hpp"
+#include "fqt/quant/transform.hpp"
+
+namespace fqt {
+namespace detail {
+
+/// Largest absolute entry q_m of the m×m Householder matrix H_m that maps e₁ to 𝟙/√m.
+inline double householder_max_entry(Index m) {
+  if (m < 2) return 1;
+  const double root = std::sqrt(static_cast<double>(m));
+  const double a = 1.0 / (static_cast<double>(m) - root);  // off-diagonal magnitude of the smalls
+  double q = std::max(1.0 / root, std::abs(1.0 - a));
+  if (m >= 3) q = std::max(q, a);
+  return q;
+}
+
+/// \brief The paper's BHQ transform for row ranges λ (§3.3 of the digest), or nothing when BHQ
+/// falls back to PSQ (N < 3, or every row constant).
+///
+/// - Rows are sorted by range, descending; ties keep the lower row index first (stable).
+/// - Heads: the smallest z such that z·λ_(k)/Σ_{i≤k} λ_(i) > 1 with k = N − z (strict, as the
+///   reference's C++); the z other rows are "small".
+/// - Head i receives c_i − c_{i−1} small rows, c_i = round(Σ_{j≤i} z·λ_(j)/S_k) (half away from
+///   zero, in double), largest heads with largest small rows, so groups grow ∝ λ.
+/// - Scales minimise the per-group proxy: s_small/s_head = ((λ₁/√m)(m − 1)/(λ₂ q_m))^{1/3}, with
+///   λ₂ the group's largest small range, floored at ε·λ₁ so a group of constant small rows gets a
+///   large but finite weight. The head keeps s = 1 (a common factor per group changes nothing:
+///   the min/max quantizer is scale-equivariant).
+template <class Scalar>
+std::optional<BlockHouseholderTransform<Scalar>> bhq_transform(const Vector<Scalar>& range) {
+  const Index n = range.size();
+  if (n < 3) return std::nullopt;
+  std::vector<Index> sorted(static_cast<std::size_t>(n));
+  std::iota(sorted.begin(), sorted.end(), Index{0});
+  std::stable_sort(sorted.begin(), sorted.end(),
+                   [&](Index a, Index b) { return range(a) > range(b); });
+  auto lambda = [&](Index i) { return static_cast<double>(range(sorted[i])); };  // 0-based
+  if (!(lambda(0) > 0)) return std::nullopt;
+
+  double total = 0;
+  for (Index i = 0; i < n; ++i) total += lambda(i);
+  Index z = 0, k = n;
+  while (true) {
+    ++z;
+    total -= lambda(n - z);
+    k = n - z;
+    if (static_cast<double>(z) * lambda(k - 1) / total > 1) break;
+  }
+
+  std::vector<Index> order, offsets{0};
+  order.reserve(static_cast<std::size_t>(n));
+  Vector<Scalar> scale = Vector<Scalar>::Ones(n);
+  double cumulative = 0;
+  Index given = 0;
+  for (Index i = 0; i < k; ++i) {
+    cumulative += static_cast<double>(z) * lambda(i) / total;
+    Index upto = static_cast<Index>(std::round(cumulative));
+    if (i == k - 1) {
+      FQT_ASSERT(upto == z);
+      upto = z;  // guards float drift: every small row is given to some head
+    }
+    upto = std::min(std::max(upto, given), z);
+    const Index m = upto - given + 1;
+    order.push_back(sorted[i]);
+    for (Index j = given; j < upto; ++j) order.push_back(sorted[k + j]);
+    if (m >= 2) {
+      const double head = lambda(i);
+      const double small = std::max(lambda(k + given),
+                                    head * std::numeric_limits<Scalar>::epsilon());
+      const double w1 = head / std::sqrt(static_cast<double>(m));
+      const double w2 = small * householder_max_entry(m);
+      const double ratio = std::cbrt(w1 * static_cast<double>(m - 1) / w2);
+      for (Index j = given; j < upto; ++j) scale(sorted[k + j]) = static_cast<Scalar>(ratio);
+    }
+    given = upto;
+    offsets.push_back(static_cast<Index>(order.size()));
+  }
+  return BlockHouseholderTransform<Scalar>(std::move(order), std::move(offsets), std::move(scale));
+}
+
+}  // namespace detail
+
+/// \brief Block Householder quantizer (BHQ): Q(G) = T⁻¹·Q_psq(T·G).
+///
+/// Each head row (a row with a large range) is spread evenly over a group of small rows by a
+/// Householder reflection after the small rows are scaled up, so the per-row grids of the
+/// transformed rows are all fine; the inverse transform maps the noise back. Unbiased (T is
+/// linear and deterministic given G), with variance Σ_r ‖T⁻¹e_r‖²·Σ_j Δ_r²·p(1 − p) ≈
+/// (D/(4B²))·(Σ_heads λ_i)²/N, against (D/(4B²))·Σλ_i² for PSQ. The transform is never formed:
+/// each reflection is applied to its rows directly (O(N·D) time, O(D) memory per thread).
+/// Falls back to PSQ for N < 3 or when every row is constant. Grids of the transformed rows follow
+/// `grid`. Noise is keyed by the element's row-major index, so codes do not depend on threads.
+template <class Scalar = float, class Rounding = Stochastic, class Code = std::uint8_t>
+class BlockHouseholderQuantizer {
+ public:
+  using scalar_type = Scalar;
+  using code_type = Code;
+  using rounding_type = Rounding;
+  using RowQuantizer = PerSampleQuantizer<Scalar, Rounding, Code>;
+  static constexpr Granularity granularity = Granularity::PerRow;
+
+  /// \param bits 1 ≤ bits ≤ 8·sizeof(Code)
+  /// \param grid the grid of each transformed row
+  explicit BlockHouseholderQuantizer(int bits, Grid grid = Grid::ZeroAligned)
+      : rows_(check_bits(bits), grid) {}
+
+  static constexpr const char* name() { return "BlockHouseholderQuantizer"; }
+  int bits() const { return rows_.bits(); }
+  Grid grid() const { return rows_.grid(); }
+  int levels() const { return rows_.levels(); }
+
+  /// \brief The transform T that BHQ uses for x (nothing when it falls back to PSQ).
+  std::optional<BlockHouseholderTransform<Scalar>> transform_for(const MatrixCRef<Scalar>& x) const {
+    if (x.rows() == 0 || x.cols() == 0) return std::nullopt;
+    Vector<Scalar> range(x.rows());
+    parallel_for(x.rows(), x.cols(), [&](Index i) {
+      Scalar lo, hi;
+      detail::row_range<Scalar>(x, i, lo, hi, name());
+      range(i) = hi - lo;
+    });
+    return detail::bhq_transform(range);
+  }
+
+  /// \brief Quantizes T·x row by row; the result carries T (dequantize applies T⁻¹).
+  Quantized<Scalar, Code> quantize(const MatrixCRef<Scalar>& x, const Philox& rng) const {
+    auto t = transform_for(x);
+    if (!t) return rows_.quantize(x, rng);
+    Quantized<Scalar, Code> q;
+    q.granularity = Granularity::PerRow;
+    q.bits = bits();
+    q.codes.resize(x.rows(), x.cols());
+    q.scale.resize(x.rows());
+    q.zero_point.resize(x.rows());
+    run(x, *t, rng, q.codes.data(), q.codes.cols(), &q.scale, &q.zero_point);
+    q.transform = std::move(t);
+    return q;
+  }
+
+  /// \brief Fake quantization T⁻¹·deq(Q(T·x)) into out (same shape as x); overwrites out.
+  void fake_quantize(const MatrixCRef<Scalar>& x, const Philox& rng, MatrixRef<Scalar> out) const {
+    check(out.rows() == x.rows() && out.cols() == x.cols(), name(), "::fake_quantize: output is ",
+          out.rows(), "x", out.cols(), ", input is ", x.rows(), "x", x.cols());
+    const auto t = transform_for(x);
+    if (!t) return rows_.fake_quantize(x, rng, out);
+    run(x, *t, rng, out.data(), out.outerStride(), nullptr, nullptr);
+  }
+
+  /// \brief Fake quantization: the values of quantize(x, rng).
+  Matrix<Scalar> operator()(const MatrixCRef<Scalar>& x, const Philox& rng) const {
+    Matrix<Scalar> out(x.rows(), x.cols());
+    fake_quantize(x, rng, out);
+    return out;
+  }
+
+  /// \brief Exact E‖Q(x) − x‖²_F = Σ_r ‖T⁻¹e_r‖²·Σ_j Δ_r²·p_rj(1 − p_rj) (0 for Nearest).
+  Scalar expected_variance(const MatrixCRef<Scalar>& x) const {
+    return weighted(x, [&](const MatrixCRef<Scalar>& tx, Index r, const AffineMap<Scalar>& m) {
+      if constexpr (!Rounding::is_stochastic) {
+        (void)tx, (void)r, (void)m;
+        return 0.0;
+      } else {
+        return detail::row_variance<Scalar>(tx.row(r).data(), tx.cols(), m, nullptr, nullptr, nullptr,
+                                    levels());
+      }
+    });
+  }
+
+  /// \brief Exact Var[Q(x)_ij] for every element: (1/s_i²)·Σ_r H_ir²·σ²_rj over i's group, with
+  /// σ²_rj the rounding variance of transformed element (r, j). Sums to expected_variance(x).
+  Matrix<double> element_variance(const MatrixCRef<Scalar>& x) const {
+    const auto t = transform_for(x);
+    if (!t) return rows_.element_variance(x);
+    Matrix<Scalar> tx = x;
+    t->apply(tx);
+    const Matrix<double> sigma = rows_.element_variance(tx);
+    Matrix<double> out(x.rows(), x.cols());
+    for (Index g = 0; g < t->groups(); ++g) {
+      const Index m = t->group_size(g);
+      const auto& s = t->row_scale();
+      if (m < 2) {
+        const Index r = t->member(g, 0);
+        out.row(r) = sigma.row(r) / (double(s(r)) * double(s(r)));
+        continue;
+      }
+      // Σ_r (δ_ir − 2 v_i v_r)² σ²_r = σ²_i − 4 v_i² σ²_i + 4 v_i² Σ_r v_r² σ²_r.
+      Eigen::Matrix<double, 1, Eigen::Dynamic> u = Eigen::Matrix<double, 1, Eigen::Dynamic>::Zero(x.cols());
+      for (Index j = 0; j < m; ++j) {
+        const double v = BlockHouseholderTransform<Scalar>::reflector(m, j);
+        u += v * v * sigma.row(t->member(g, j));
+      }
+      for (Index j = 0; j < m; ++j) {
+        const Index r = t->member(g, j);
+        const double v = BlockHouseholderTransform<Scalar>::reflector(m, j);
+        out.row(r) = ((1 - 4 * v * v) * sigma.row(r) + 4 * v * v * u) / (double(s(r)) * double(s(r)));
+      }
+    }
+    return out;
+  }
+
+  /// \brief The bound Σ_r ‖T⁻¹e_r‖²·D·Δ_r²/4 (the paper's general-transform bound).
+  Scalar variance_bound(const MatrixCRef<Scalar>& x) const {
+    return weighted(x, [&](const MatrixCRef<Scalar>& tx, Index, const AffineMap<Scalar>& m) {
+      return static_cast<double>(tx.cols()) * static_cast<double>(m.scale) *
+             static_cast<double>(m.scale) / 4;
+    });
+  }
+
+ private:
+  static int check_bits(int bits) {
+    detail::check_bits<Scalar>(bits, 8 * static_cast<int>(sizeof(Code)), name());
+    return bits;
+  }
+
+  // Σ_r c_r·f(T·x, r, map_r) with c_r = ‖T⁻¹e_r‖² (c = 1 without a transform).
+  template <class F>
+  Scalar weighted(const MatrixCRef<Scalar>& x, F&& per_row) const {
+    const auto t = transform_for(x);
+    Matrix<Scalar> tx = x;
+    Vector<double> c = Vector<double>::Ones(x.rows());
+    if (t) {
+      t->apply(tx);
+      c = t->inverse_column_norms();
+    }
+    const auto maps = rows_.maps(tx);
+    double total = 0;
+    for (Index r = 0; r < tx.rows(); ++r) total += c(r) * per_row(tx, r, maps.get(r));
+    return static_cast<Scalar>(total);
+  }
+
+  // The fused pass: per group, w = Σ v_j s_j x_j; each transformed row s_j x_j − 2 v_j w is formed
+  // in a row buffer, gets its grid, and is quantized. For values (fake quantization) the group is
+  // then reflected back and unscaled in place.
+  template <class Out>
+  void run(const MatrixCRef<Scalar>& x, const BlockHouseholderTransform<Scalar>& t,
+           const Philox& rng, Out* out, Index stride, Vector<Scalar>* scale,
+           Vector<Scalar>* zero_point) const {
+    const Index d = x.cols();
+    const auto& s = t.row_scale();
+    parallel_for(t.groups(), d * 2, [&](Index g) {
+      thread_local Eigen::Matrix<Scalar, 1, Eigen::Dynamic> w, row;
+      w.resize(d);
+      row.resize(d);
+      const Index m = t.group_size(g);
+      w.setZero();
+      if (m >= 2) {
+        for (Index j = 0; j < m; ++j) {
+          const Index r = t.member(g, j);
+          w += (BlockHouseholderTransform<Scalar>::reflector(m, j) * s(r)) * x.row(r);
+        }
+      }
+      for (Index j = 0; j < m; ++j) {
+        const Index r = t.member(g, j);
+        const Scalar v2 = m >= 2 ? 2 * BlockHouseholderTransform<Scalar>::reflector(m, j) : 0;
+        row = s(r) * x.row(r) - v2 * w;
+        const Scalar lo = row.minCoeff(), hi = row.maxCoeff();
+        const auto map = detail::choose_grid(lo, hi, levels(), grid());
+        if (scale) {
+          (*scale)(r) = map.scale;
+          (*zero_point)(r) = map.zero_point;
+        }
+        detail::quantize_row<Rounding, Scalar, Out>(row.data(), d, static_cast<std::uint64_t>(r * d),
+                                                    map, nullptr, nullptr, nullptr, levels(), rng,
+                                                    out + r * stride);
+      }
+      if constexpr (std::is_floating_point_v<Out>) {
+        using RowMap = Eigen::Map<Eigen::Matrix<Scalar, 1, Eigen::Dynamic>>;
+        auto out_row = [&](Index r) { return RowMap(out + r * stride, d); };
+        if (m >= 2) {
+          w.setZero();
+          for (Index j = 0; j < m; ++j)
+            w += BlockHouseholderTransform<Scalar>::reflector(m, j) * out_row(t.member(g, j));
+          for (Index j = 0; j < m; ++j) {
+            const Index r = t.member(g, j);
+            const Scalar v2 = 2 * BlockHouseholderTransform<Scalar>::reflector(m, j);
+            out_row(r) = (out_row(r) - v2 * w) / s(r);
+          }
+        } else {
+          out_row(t.member(g, 0)) /= s(t.member(g, 0));
+        }
+      }
+    });
+  }
+
+  RowQuantizer rows_;
+};
+
+}  // namespace fqt
