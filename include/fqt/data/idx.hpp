@@ -1,0 +1,432 @@
+#pragma once
+/// \file
+/// \brief Reader and writer of IDX files (the MNIST / Fashion-MNIST format), plain or gzip, and an
+/// MNIST loader.
+///
+/// An IDX file is a 4-byte magic number `0x00 0x00 <type> <ndims>`, then `ndims` big-endian
+/// uint32 dimensions, then the elements in row-major order. fqt reads and writes type 0x08
+/// (unsigned byte), the only type MNIST and Fashion-MNIST use.
+///
+/// This header uses zlib: a program that includes it links zlib (`-lz`, or CMake's
+/// `find_package(ZLIB)` and `target_link_libraries(... ZLIB::ZLIB)`). The fqt::fqt target does not
+/// link zlib itself, so the rest of fqt carries no zlib dependency.
+///
+/// Errors in the file throw fqt::data::format_error, failures to open, read or write a file throw
+/// fqt::data::io_error; both messages read "<function>: <file>: <what is wrong>".
+
+#include <zlib.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstddef>
+#include <cstdint>
+#include <filesystem>
+#include <limits>
+#include <memory>
+#include <stdexcept>
+#include <string>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+#include "fqt/core/error.hpp"
+#include "fqt/core/matrix.hpp"
+
+namespace fqt {
+namespace data {
+
+/// \brief A file of the data set is not valid: wrong magic number, unsupported element type,
+/// impossible dimensions, truncated or trailing data, corrupt gzip stream, inconsistent contents.
+class format_error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/// \brief A file cannot be opened, read or written (missing, a directory, no permission, disk
+/// full).
+class io_error : public std::runtime_error {
+ public:
+  using std::runtime_error::runtime_error;
+};
+
+/// \brief Default cap on the payload of an IDX file (1 GiB). MNIST's training images take 47 MB,
+/// EMNIST's largest split about 550 MB; a header that declares more is treated as corrupt.
+inline constexpr std::uint64_t default_max_idx_bytes = std::uint64_t{1} << 30;
+
+/// \brief An IDX array of unsigned bytes (type code 0x08).
+struct IdxArray {
+  /// Dimensions, outermost first: {N, rows, cols} for MNIST images, {N} for labels.
+  std::vector<std::uint32_t> dims;
+  /// The elements in row-major order; its size is the product of `dims`.
+  std::vector<std::uint8_t> data;
+};
+
+/// \brief Reads an IDX file of unsigned bytes, gzip-compressed or not (detected from the content,
+/// not from the name).
+///
+/// The header is validated before the payload is allocated: the element count may not overflow
+/// or exceed `max_bytes`, and it must fit in the file (exactly for a plain file; for a gzip file,
+/// within deflate's maximum expansion of 1032:1). The payload is then read in one bulk read.
+/// \param path the file, e.g. `.../t10k-images-idx3-ubyte.gz`
+/// \param max_bytes largest payload accepted, in bytes
+/// \return the dimensions and the payload
+/// \throws io_error if the file does not exist or cannot be read
+/// \throws format_error on a wrong magic number, a type code other than 0x08, zero dimensions,
+/// a payload larger than `max_bytes`, truncated data, trailing data or a corrupt gzip stream.
+/// Bytes that follow a complete gzip stream and are not themselves gzip are ignored (by zlib).
+inline IdxArray read_idx(const std::filesystem::path& path,
+                         std::uint64_t max_bytes = default_max_idx_bytes);
+
+/// \brief Writes an IDX file of unsigned bytes (type code 0x08).
+/// \param path the file to create or overwrite
+/// \param array 1 to 255 dimensions whose product equals `array.data.size()`
+/// \param gzip compress with gzip (as the MNIST files are distributed) or write the raw bytes
+/// \throws std::invalid_argument if `array` is inconsistent
+/// \throws io_error if the file cannot be written
+inline void write_idx(const std::filesystem::path& path, const IdxArray& array, bool gzip);
+
+/// \brief Which half of MNIST to load.
+enum class Split {
+  Train,  ///< `train-images-idx3-ubyte`, `train-labels-idx1-ubyte` (60000 samples)
+  Test    ///< `t10k-images-idx3-ubyte`, `t10k-labels-idx1-ubyte` (10000 samples)
+};
+
+/// \brief Passed as `max_samples` to load every sample of a split.
+inline constexpr Index all_samples = std::numeric_limits<Index>::max();
+
+/// \brief Images and labels of an MNIST-format data set.
+struct MnistData {
+  /// N × (rows·cols): row i is image i, row-major, pixels scaled from 0..255 to [0, 1].
+  Matrix<float> images;
+  /// N class labels in 0..9.
+  std::vector<int> labels;
+  /// Height of an image in pixels (28 for MNIST).
+  Index image_rows = 0;
+  /// Width of an image in pixels (28 for MNIST).
+  Index image_cols = 0;
+};
+
+/// \brief Loads a split of MNIST or Fashion-MNIST (or any data set in the same files).
+///
+/// Looks in `dir` for `train-images-idx3-ubyte` and `train-labels-idx1-ubyte` (Split::Train) or
+/// `t10k-images-idx3-ubyte` and `t10k-labels-idx1-ubyte` (Split::Test), each with the `.gz`
+/// suffix or without; the `.gz` file is preferred when both exist.
+/// \param dir the directory holding the files
+/// \param split Split::Train or Split::Test
+/// \param max_samples keep only the first `max_samples` samples (the whole files are still read
+/// and validated)
+/// \return the first min(N, max_samples) images and labels
+/// \throws io_error if a file is missing or unreadable
+/// \throws format_error if a file is invalid (see read_idx), the images are not 3-D or the labels
+/// not 1-D, their counts differ, or a label is outside 0..9
+/// \throws std::invalid_argument if `max_samples` is negative
+inline MnistData load_mnist(const std::filesystem::path& dir, Split split,
+                            Index max_samples = all_samples);
+
+// ---- implementation ----
+
+namespace detail {
+
+struct GzCloser {
+  void operator()(gzFile_s* file) const { gzclose(file); }
+};
+using GzFilePtr = std::unique_ptr<gzFile_s, GzCloser>;
+
+// gzread and gzwrite take an unsigned length and return an int: move big buffers in pieces.
+inline constexpr std::size_t gz_max_chunk = std::size_t{1} << 30;
+
+template <class Error, class... Parts>
+[[noreturn]] void fail(const char* where, const std::filesystem::path& path, Parts&&... parts) {
+  throw Error(fqt::detail::concat(where, ": ", path.string(), ": ", std::forward<Parts>(parts)...));
+}
+
+inline std::string errno_message(int error) {
+  return error != 0 ? std::generic_category().message(error) : std::string("unknown error");
+}
+
+// Reads up to `size` bytes; returns how many were read (less only at the end of the data).
+// Throws on a read error or a corrupt stream; a gzip stream that ends early is reported by the
+// caller as truncation.
+inline std::size_t gz_read_fully(gzFile_s* file, std::uint8_t* buffer, std::size_t size,
+                                 const char* where, const std::filesystem::path& path) {
+  std::size_t got = 0;
+  while (got < size) {
+    const auto chunk = static_cast<unsigned>(std::min(size - got, gz_max_chunk));
+    errno = 0;
+    const int read = gzread(file, buffer + got, chunk);
+    if (read < 0) {
+      int errnum = Z_OK;
+      const char* message = gzerror(file, &errnum);
+      if (errnum == Z_ERRNO) fail<io_error>(where, path, "read failed: ", errno_message(errno));
+      fail<format_error>(where, path, "corrupt gzip stream: ", message);
+    }
+    if (read == 0) break;
+    got += static_cast<std::size_t>(read);
+  }
+  if (got < size) {
+    int errnum = Z_OK;
+    const char* message = gzerror(file, &errnum);
+    // Z_BUF_ERROR is zlib's "unexpected end of file" in a gzip stream: truncation, left to the
+    // caller, which knows what was expected.
+    if (errnum == Z_ERRNO) fail<io_error>(where, path, "read failed: ", errno_message(errno));
+    if (errnum != Z_OK && errnum != Z_BUF_ERROR) {
+      fail<format_error>(where, path, "corrupt gzip stream: ", message);
+    }
+  }
+  return got;
+}
+
+inline const char* idx_type_name(std::uint8_t type) {
+  switch (type) {
+    case 0x08:
+      return "unsigned byte";
+    case 0x09:
+      return "signed byte";
+    case 0x0B:
+      return "int16";
+    case 0x0C:
+      return "int32";
+    case 0x0D:
+      return "float32";
+    case 0x0E:
+      return "float64";
+    default:
+      return nullptr;
+  }
+}
+
+inline std::string hex_byte(unsigned value) {
+  const char* digits = "0123456789abcdef";
+  return std::string("0x") + digits[(value >> 4) & 0xF] + digits[value & 0xF];
+}
+
+inline IdxArray read_idx(const std::filesystem::path& path, std::uint64_t max_bytes,
+                         const char* where) {
+  std::error_code status_error;
+  const auto status = std::filesystem::status(path, status_error);
+  if (!std::filesystem::exists(status)) fail<io_error>(where, path, "no such file");
+  if (std::filesystem::is_directory(status)) fail<io_error>(where, path, "is a directory");
+
+  errno = 0;
+  GzFilePtr file(gzopen(path.string().c_str(), "rb"));
+  if (!file) fail<io_error>(where, path, "cannot open: ", errno_message(errno));
+  gzbuffer(file.get(), 1u << 18);
+
+  std::uint8_t magic[4] = {};
+  const std::size_t magic_got = gz_read_fully(file.get(), magic, 4, where, path);
+  if (magic_got < 4) {
+    fail<format_error>(where, path, "truncated header: expected a 4-byte magic number, got ",
+                       magic_got, " bytes");
+  }
+  if (magic[0] != 0 || magic[1] != 0) {
+    fail<format_error>(where, path,
+                       "wrong magic number: expected bytes 0x00 0x00 <type> <ndims>, got ",
+                       hex_byte(magic[0]), " ", hex_byte(magic[1]), " ", hex_byte(magic[2]), " ",
+                       hex_byte(magic[3]), " (not an IDX file)");
+  }
+  const std::uint8_t type = magic[2];
+  if (type != 0x08) {
+    const char* name = idx_type_name(type);
+    if (name == nullptr) {
+      fail<format_error>(where, path, "wrong magic number: unknown type code ", hex_byte(type));
+    }
+    fail<format_error>(where, path, "unsupported type code ", hex_byte(type), " (", name,
+                       "); only 0x08 (unsigned byte) is supported");
+  }
+  const std::size_t ndims = magic[3];
+  if (ndims == 0) fail<format_error>(where, path, "wrong magic number: zero dimensions");
+
+  std::uint8_t dim_bytes[4 * 255] = {};
+  const std::size_t dims_got = gz_read_fully(file.get(), dim_bytes, 4 * ndims, where, path);
+  if (dims_got < 4 * ndims) {
+    fail<format_error>(where, path, "truncated header: expected ", 4 * ndims, " bytes of ", ndims,
+                       " dimensions, got ", dims_got);
+  }
+
+  IdxArray array;
+  array.dims.resize(ndims);
+  bool empty = false;
+  for (std::size_t d = 0; d < ndims; ++d) {
+    const std::uint8_t* b = dim_bytes + 4 * d;
+    array.dims[d] = (std::uint32_t{b[0]} << 24) | (std::uint32_t{b[1]} << 16) |
+                    (std::uint32_t{b[2]} << 8) | std::uint32_t{b[3]};
+    empty = empty || array.dims[d] == 0;
+  }
+  // Cap the limit so that products below stay far from overflow and fit a size_t and an Index.
+  const std::uint64_t limit = std::min<std::uint64_t>(
+      {max_bytes, std::numeric_limits<std::size_t>::max(),
+       static_cast<std::uint64_t>(std::numeric_limits<Index>::max()), std::uint64_t{1} << 62});
+  std::uint64_t expected = empty ? 0 : 1;
+  for (std::size_t d = 0; d < ndims && !empty; ++d) {
+    if (expected > limit / array.dims[d]) {
+      std::string shape;
+      for (std::size_t e = 0; e < ndims; ++e) {
+        shape += (e == 0 ? "" : " x ") + std::to_string(array.dims[e]);
+      }
+      fail<format_error>(where, path, "dimensions ", shape, " declare more than the limit of ",
+                         limit, " bytes");
+    }
+    expected *= array.dims[d];
+  }
+
+  // Check the declared size against the file before allocating it.
+  const std::uint64_t header_bytes = 4 + 4 * ndims;
+  std::error_code size_error;
+  const std::uint64_t file_bytes = std::filesystem::file_size(path, size_error);
+  if (!size_error) {
+    if (gzdirect(file.get()) == 1) {
+      const std::uint64_t got = file_bytes > header_bytes ? file_bytes - header_bytes : 0;
+      if (got < expected) {
+        fail<format_error>(where, path, "truncated data: expected ", expected, " bytes, got ", got);
+      }
+      if (got > expected) {
+        fail<format_error>(where, path, "trailing garbage: ", got - expected, " bytes after the ",
+                           expected, " data bytes the header declares");
+      }
+    } else {
+      // Deflate codes at best 258 repeated bytes in 2 bits: no gzip file expands beyond 1032:1.
+      constexpr std::uint64_t deflate_max_expansion = 1032;
+      const std::uint64_t most =
+          file_bytes > std::numeric_limits<std::uint64_t>::max() / deflate_max_expansion
+              ? std::numeric_limits<std::uint64_t>::max()
+              : file_bytes * deflate_max_expansion;
+      if (header_bytes + expected > most) {
+        fail<format_error>(where, path, "truncated data: the header declares ", expected,
+                           " bytes, more than a gzip file of ", file_bytes,
+                           " bytes can hold (at most ", most, " bytes uncompressed)");
+      }
+    }
+  }
+
+  array.data.resize(static_cast<std::size_t>(expected));
+  const std::size_t got =
+      gz_read_fully(file.get(), array.data.data(), array.data.size(), where, path);
+  if (got < array.data.size()) {
+    fail<format_error>(where, path, "truncated data: expected ", expected, " bytes, got ", got);
+  }
+  std::uint8_t extra = 0;
+  if (gz_read_fully(file.get(), &extra, 1, where, path) != 0) {
+    fail<format_error>(where, path, "trailing garbage: more data after the ", expected,
+                       " data bytes the header declares");
+  }
+  return array;
+}
+
+inline std::filesystem::path find_mnist_file(const std::filesystem::path& dir,
+                                             const std::string& name) {
+  std::error_code error;
+  const std::filesystem::path gz = dir / (name + ".gz");
+  if (std::filesystem::exists(gz, error)) return gz;
+  const std::filesystem::path plain = dir / name;
+  if (std::filesystem::exists(plain, error)) return plain;
+  fail<io_error>("load_mnist", dir, "neither ", name, ".gz nor ", name, " exists");
+}
+
+}  // namespace detail
+
+inline IdxArray read_idx(const std::filesystem::path& path, std::uint64_t max_bytes) {
+  return detail::read_idx(path, max_bytes, "read_idx");
+}
+
+inline void write_idx(const std::filesystem::path& path, const IdxArray& array, bool gzip) {
+  fqt::check(!array.dims.empty() && array.dims.size() <= 255, "write_idx",
+             "an IDX array has 1 to 255 dimensions, got ", array.dims.size());
+  std::uint64_t elements = 1;
+  for (const std::uint32_t dim : array.dims) {
+    // Saturate instead of overflowing: any product above the data size is a mismatch anyway.
+    const std::uint64_t most = std::numeric_limits<std::uint64_t>::max();
+    elements = (dim != 0 && elements > most / dim) ? most : elements * dim;
+  }
+  fqt::check(elements == array.data.size(), "write_idx", "the dimensions hold ", elements,
+             " elements but data has ", array.data.size());
+
+  std::vector<std::uint8_t> header(4 + 4 * array.dims.size());
+  header[2] = 0x08;
+  header[3] = static_cast<std::uint8_t>(array.dims.size());
+  for (std::size_t d = 0; d < array.dims.size(); ++d) {
+    for (int byte = 0; byte < 4; ++byte) {
+      header[4 + 4 * d + byte] = static_cast<std::uint8_t>(array.dims[d] >> (24 - 8 * byte));
+    }
+  }
+
+  errno = 0;
+  // "T" makes zlib write the bytes through without compression.
+  detail::GzFilePtr file(gzopen(path.string().c_str(), gzip ? "wb" : "wbT"));
+  if (!file) {
+    detail::fail<io_error>("write_idx", path,
+                           "cannot open for writing: ", detail::errno_message(errno));
+  }
+  gzbuffer(file.get(), 1u << 18);
+  auto write = [&](const std::uint8_t* bytes, std::size_t size) {
+    while (size > 0) {
+      const auto chunk = static_cast<unsigned>(std::min(size, detail::gz_max_chunk));
+      errno = 0;
+      if (gzwrite(file.get(), bytes, chunk) != static_cast<int>(chunk)) {
+        int errnum = Z_OK;
+        const char* message = gzerror(file.get(), &errnum);
+        detail::fail<io_error>("write_idx", path, "write failed: ",
+                               errnum == Z_ERRNO ? detail::errno_message(errno) : message);
+      }
+      bytes += chunk;
+      size -= chunk;
+    }
+  };
+  write(header.data(), header.size());
+  write(array.data.data(), array.data.size());
+  errno = 0;
+  // gzclose flushes the last block: its result is the last write's.
+  if (gzclose(file.release()) != Z_OK) {
+    detail::fail<io_error>("write_idx", path,
+                           "write failed on close: ", detail::errno_message(errno));
+  }
+}
+
+inline MnistData load_mnist(const std::filesystem::path& dir, Split split, Index max_samples) {
+  constexpr const char* where = "load_mnist";
+  fqt::check(max_samples >= 0, where, "max_samples must be >= 0, got ", max_samples);
+  std::error_code error;
+  if (!std::filesystem::is_directory(dir, error)) {
+    detail::fail<io_error>(where, dir, "no such directory");
+  }
+  const std::string prefix = split == Split::Train ? "train" : "t10k";
+  const std::filesystem::path images_path =
+      detail::find_mnist_file(dir, prefix + "-images-idx3-ubyte");
+  const std::filesystem::path labels_path =
+      detail::find_mnist_file(dir, prefix + "-labels-idx1-ubyte");
+
+  const IdxArray images = detail::read_idx(images_path, default_max_idx_bytes, where);
+  const IdxArray labels = detail::read_idx(labels_path, default_max_idx_bytes, where);
+  if (images.dims.size() != 3) {
+    detail::fail<format_error>(where, images_path,
+                               "images must have 3 dimensions (N, rows, cols), got ",
+                               images.dims.size());
+  }
+  if (labels.dims.size() != 1) {
+    detail::fail<format_error>(where, labels_path, "labels must have 1 dimension (N), got ",
+                               labels.dims.size());
+  }
+  if (images.dims[0] != labels.dims[0]) {
+    detail::fail<format_error>(where, dir, "count mismatch: ", images.dims[0], " images in ",
+                               images_path.filename().string(), " but ", labels.dims[0],
+                               " labels in ", labels_path.filename().string());
+  }
+  for (std::size_t i = 0; i < labels.data.size(); ++i) {
+    if (labels.data[i] > 9) {
+      detail::fail<format_error>(where, labels_path, "label ", int{labels.data[i]}, " of sample ",
+                                 i, " is out of range 0..9");
+    }
+  }
+
+  MnistData result;
+  result.image_rows = images.dims[1];
+  result.image_cols = images.dims[2];
+  const Index count = std::min<Index>(images.dims[0], max_samples);
+  const Index pixels = result.image_rows * result.image_cols;
+  const Eigen::Map<const Matrix<std::uint8_t>> bytes(images.data.data(), count, pixels);
+  result.images = bytes.cast<float>() / 255.0f;
+  result.labels.assign(labels.data.begin(), labels.data.begin() + count);
+  return result;
+}
+
+}  // namespace data
+}  // namespace fqt
