@@ -2,7 +2,6 @@
 // independence (core/parallel.hpp).
 #include <catch2/catch.hpp>
 #include <fqt/quant.hpp>
-
 #include <set>
 
 #include "support/quant_support.hpp"

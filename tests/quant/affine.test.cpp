@@ -2,7 +2,6 @@
 // the properties every fqt quantizer shares, BHQ included.
 #include <catch2/catch.hpp>
 #include <fqt/quant.hpp>
-
 #include <limits>
 
 #include "support/quant_support.hpp"
@@ -15,9 +14,9 @@ using fqt::Philox;
 namespace {
 
 template <class Scalar>
-using Quantizers = std::tuple<fqt::PerTensorQuantizer<Scalar>, fqt::PerSampleQuantizer<Scalar>,
-                              fqt::PerColumnQuantizer<Scalar>,
-                              fqt::BlockHouseholderQuantizer<Scalar>>;
+using Quantizers =
+    std::tuple<fqt::PerTensorQuantizer<Scalar>, fqt::PerSampleQuantizer<Scalar>,
+               fqt::PerColumnQuantizer<Scalar>, fqt::BlockHouseholderQuantizer<Scalar>>;
 
 // Calls f(quantizer) for each of the four stochastic quantizers at the given bits and grid.
 template <class Scalar, class F>
@@ -35,8 +34,7 @@ double largest_step(const Q& q, const Matrix<Scalar>& x) {
 
 }  // namespace
 
-TEMPLATE_TEST_CASE("codes lie in [0, B] and dequantize within one step", "[quant]", float,
-                   double) {
+TEMPLATE_TEST_CASE("codes lie in [0, B] and dequantize within one step", "[quant]", float, double) {
   const int bits = GENERATE(1, 2, 4, 8);
   const Grid grid = GENERATE(Grid::Free, Grid::ZeroAligned);
   const Matrix<TestType> x = fqt_test::sparse<TestType>(9, 37, 0.3, 5);
@@ -250,8 +248,7 @@ TEST_CASE("16-bit codes work up to 16 bits", "[quant]") {
   REQUIRE(q.expected_variance(x) < fqt::PerSampleQuantizer<double>(8).expected_variance(x) / 1e4);
 }
 
-TEST_CASE("the nearest quantizer is deterministic, half to even, and has no variance",
-          "[quant]") {
+TEST_CASE("the nearest quantizer is deterministic, half to even, and has no variance", "[quant]") {
   Matrix<float> x(1, 5);
   x << 0, 0.5f, 1.5f, 2.5f, 3;  // step 1 at 2 bits: 0.5 → 0, 1.5 → 2, 2.5 → 2
   const fqt::PerTensorQuantizer<float, fqt::Nearest> q(2, Grid::Free);

@@ -1,9 +1,8 @@
 // BHQ (quant/block_householder.hpp) and its transform (quant/transform.hpp).
-#include <catch2/catch.hpp>
-#include <fqt/quant.hpp>
-
 #include <algorithm>
+#include <catch2/catch.hpp>
 #include <cmath>
+#include <fqt/quant.hpp>
 #include <numeric>
 
 #include "support/quant_support.hpp"

@@ -2,9 +2,8 @@
 // Test inputs and statistical checks shared by the quantizer tests.
 
 #include <catch2/catch.hpp>
-#include <fqt/quant.hpp>
-
 #include <cmath>
+#include <fqt/quant.hpp>
 #include <vector>
 
 namespace fqt_test {
@@ -46,9 +45,9 @@ Matrix<Scalar> sparse(Index rows, Index cols, double zeros, std::uint64_t seed) 
 
 /// Monte-Carlo moments of Q(x) − x over `draws` independent streams.
 struct Moments {
-  Matrix<double> mean;      // per-element mean of Q(x) − x
-  double mse = 0;           // mean of ‖Q(x) − x‖²
-  double mse_se = 0;        // its standard error
+  Matrix<double> mean;  // per-element mean of Q(x) − x
+  double mse = 0;       // mean of ‖Q(x) − x‖²
+  double mse_se = 0;    // its standard error
   int draws = 0;
 };
 

@@ -26,6 +26,18 @@
 #define FQT_HAVE_AVX512 0
 #endif
 
+// GCC 12 reports its own _mm512_undefined_*() placeholders as uninitialized (GCC bug 105593,
+// fixed in GCC 13); these bracket fqt's intrinsics code.
+#if defined(__GNUC__) && !defined(__clang__)
+#define FQT_SIMD_DIAGNOSTICS_PUSH                                                      \
+  _Pragma("GCC diagnostic push") _Pragma("GCC diagnostic ignored \"-Wuninitialized\"") \
+      _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"")
+#define FQT_SIMD_DIAGNOSTICS_POP _Pragma("GCC diagnostic pop")
+#else
+#define FQT_SIMD_DIAGNOSTICS_PUSH
+#define FQT_SIMD_DIAGNOSTICS_POP
+#endif
+
 namespace fqt {
 
 /// \brief A counter-based random stream: (seed, stream) → Philox4x32-10 blocks.
@@ -53,10 +65,9 @@ class Philox {
   /// \brief The four 32-bit words of block `counter` of this stream.
   std::array<std::uint32_t, 4> block(std::uint64_t counter) const noexcept {
     r123::Philox4x32 gen;
-    r123::Philox4x32::ctr_type ctr = {{static_cast<std::uint32_t>(counter),
-                                       static_cast<std::uint32_t>(counter >> 32),
-                                       static_cast<std::uint32_t>(stream_),
-                                       static_cast<std::uint32_t>(stream_ >> 32)}};
+    r123::Philox4x32::ctr_type ctr = {
+        {static_cast<std::uint32_t>(counter), static_cast<std::uint32_t>(counter >> 32),
+         static_cast<std::uint32_t>(stream_), static_cast<std::uint32_t>(stream_ >> 32)}};
     r123::Philox4x32::key_type key = {
         {static_cast<std::uint32_t>(seed_), static_cast<std::uint32_t>(seed_ >> 32)}};
     const auto out = gen(ctr, key);
@@ -91,8 +102,8 @@ class Philox {
  private:
   static std::uint64_t mix(std::uint64_t x, std::uint32_t salt) noexcept {
     r123::Philox4x32 gen;
-    r123::Philox4x32::ctr_type ctr = {{static_cast<std::uint32_t>(x),
-                                       static_cast<std::uint32_t>(x >> 32), salt, 0x9e3779b9u}};
+    r123::Philox4x32::ctr_type ctr = {
+        {static_cast<std::uint32_t>(x), static_cast<std::uint32_t>(x >> 32), salt, 0x9e3779b9u}};
     r123::Philox4x32::key_type key = {{0x243f6a88u, 0x85a308d3u}};
     const auto out = gen(ctr, key);
     return (std::uint64_t{out.v[1]} << 32) | out.v[0];
@@ -119,12 +130,7 @@ inline void uniform16_chunk(const Philox& rng, std::uint64_t chunk, std::uint16_
 }
 
 #if FQT_HAVE_AVX512
-// GCC 12 reports its own _mm512_undefined_epi32() placeholders as uninitialized (GCC bug 105593).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+FQT_SIMD_DIAGNOSTICS_PUSH
 /// \brief Philox4x32-10 on 16 counters at once: words[w] holds word w of the 16 blocks with
 /// counters 16·chunk + lane. Bit-identical to Random123's scalar philox4x32.
 inline void philox16_avx512(const Philox& rng, std::uint64_t chunk, __m512i words[4]) noexcept {
@@ -134,9 +140,9 @@ inline void philox16_avx512(const Philox& rng, std::uint64_t chunk, __m512i word
   __m512i c0 = _mm512_add_epi32(lo_base, lane);
   // Carry into the high word when the low word wraps inside these 16 counters.
   const __mmask16 wrapped = _mm512_cmplt_epu32_mask(c0, lo_base);
-  __m512i c1 = _mm512_mask_add_epi32(_mm512_set1_epi32(static_cast<int>(base >> 32)), wrapped,
-                                     _mm512_set1_epi32(static_cast<int>(base >> 32)),
-                                     _mm512_set1_epi32(1));
+  __m512i c1 =
+      _mm512_mask_add_epi32(_mm512_set1_epi32(static_cast<int>(base >> 32)), wrapped,
+                            _mm512_set1_epi32(static_cast<int>(base >> 32)), _mm512_set1_epi32(1));
   __m512i c2 = _mm512_set1_epi32(static_cast<int>(static_cast<std::uint32_t>(rng.stream())));
   __m512i c3 = _mm512_set1_epi32(static_cast<int>(rng.stream() >> 32));
   std::uint32_t k0 = static_cast<std::uint32_t>(rng.seed());
@@ -169,9 +175,7 @@ inline void philox16_avx512(const Philox& rng, std::uint64_t chunk, __m512i word
   words[2] = c2;
   words[3] = c3;
 }
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+FQT_SIMD_DIAGNOSTICS_POP
 #endif
 
 }  // namespace detail

@@ -96,7 +96,9 @@ class AffineQuantizer {
     const Index n = x.rows(), d = x.cols();
     detail::AffineMaps<Scalar> maps;
     if (n == 0 || d == 0) {
-      maps.resize(kGranularity == Granularity::PerTensor ? 1 : (kGranularity == Granularity::PerRow ? n : d));
+      maps.resize(kGranularity == Granularity::PerTensor
+                      ? 1
+                      : (kGranularity == Granularity::PerRow ? n : d));
       for (Index i = 0; i < maps.scale.size(); ++i) maps.set(i, AffineMap<Scalar>{});
       return maps;
     }
@@ -106,7 +108,9 @@ class AffineQuantizer {
       hi.setConstant(d, -std::numeric_limits<Scalar>::infinity());
       for (Index i = 0; i < n; ++i) {
         const auto row = x.row(i).array();
-        if (!std::isfinite((row - row).sum())) detail::throw_non_finite<Scalar>(x, name());
+        Scalar row_lo, row_hi;
+        if (!detail::min_max(x.row(i).data(), d, row_lo, row_hi))
+          detail::throw_non_finite<Scalar>(x, name());
         lo = lo.min(row);
         hi = hi.max(row);
       }
@@ -135,14 +139,21 @@ class AffineQuantizer {
   /// \brief Quantizes x to integer codes. \param rng the noise stream (unused by Nearest)
   Quantized<Scalar, Code> quantize(const MatrixCRef<Scalar>& x, const Philox& rng) const {
     Quantized<Scalar, Code> q;
+    quantize(x, rng, q);
+    return q;
+  }
+
+  /// \brief Quantizes x into q, reusing q's storage when the shape is unchanged (no allocation in
+  /// a steady state of same-shaped calls, beyond the O(N) ranges).
+  void quantize(const MatrixCRef<Scalar>& x, const Philox& rng, Quantized<Scalar, Code>& q) const {
     q.granularity = kGranularity;
     q.bits = bits_;
+    q.transform.reset();
     auto m = maps(x);
     q.codes.resize(x.rows(), x.cols());
     run(x, m, rng, q.codes.data(), q.codes.cols());
     q.scale = std::move(m.scale);
     q.zero_point = std::move(m.zero_point);
-    return q;
   }
 
   /// \brief Fake quantization, dequantize ∘ quantize, written into out (same shape as x);
@@ -179,8 +190,8 @@ class AffineQuantizer {
       Vector<double> per_row(x.rows());
       parallel_for(x.rows(), x.cols(), [&](Index i) {
         per_row(i) = detail::row_variance<Scalar>(x.row(i).data(), x.cols(), row_map(m, i),
-                                          col_ptr(m.inv_scale), col_ptr(m.zero_point),
-                                          col_ptr(m.scale), levels());
+                                                  col_ptr(m.inv_scale), col_ptr(m.zero_point),
+                                                  col_ptr(m.scale), levels());
       });
       return static_cast<Scalar>(per_row.sum());
     }
@@ -234,9 +245,10 @@ class AffineQuantizer {
            Out* out, Index out_stride) const {
     const Index d = x.cols();
     parallel_for(x.rows(), d, [&](Index i) {
-      detail::quantize_row<Rounding, Scalar, Out>(x.row(i).data(), d, static_cast<std::uint64_t>(i * d),
-                                     row_map(m, i), col_ptr(m.inv_scale), col_ptr(m.zero_point),
-                                     col_ptr(m.scale), levels(), rng, out + i * out_stride);
+      detail::quantize_row<Rounding, Scalar, Out>(
+          x.row(i).data(), d, static_cast<std::uint64_t>(i * d), row_map(m, i),
+          col_ptr(m.inv_scale), col_ptr(m.zero_point), col_ptr(m.scale), levels(), rng,
+          out + i * out_stride);
     });
   }
 

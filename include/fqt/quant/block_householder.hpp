@@ -85,8 +85,8 @@ std::optional<BlockHouseholderTransform<Scalar>> bhq_transform(const Vector<Scal
     for (Index j = given; j < upto; ++j) order.push_back(sorted[k + j]);
     if (m >= 2) {
       const double head = lambda(i);
-      const double small = std::max(lambda(k + given),
-                                    head * std::numeric_limits<Scalar>::epsilon());
+      const double small =
+          std::max(lambda(k + given), head * std::numeric_limits<Scalar>::epsilon());
       const double w1 = head / std::sqrt(static_cast<double>(m));
       const double w2 = small * householder_max_entry(m);
       const double ratio = std::cbrt(w1 * static_cast<double>(m - 1) / w2);
@@ -130,7 +130,8 @@ class BlockHouseholderQuantizer {
   int levels() const { return rows_.levels(); }
 
   /// \brief The transform T that BHQ uses for x (nothing when it falls back to PSQ).
-  std::optional<BlockHouseholderTransform<Scalar>> transform_for(const MatrixCRef<Scalar>& x) const {
+  std::optional<BlockHouseholderTransform<Scalar>> transform_for(
+      const MatrixCRef<Scalar>& x) const {
     if (x.rows() == 0 || x.cols() == 0) return std::nullopt;
     Vector<Scalar> range(x.rows());
     parallel_for(x.rows(), x.cols(), [&](Index i) {
@@ -143,9 +144,15 @@ class BlockHouseholderQuantizer {
 
   /// \brief Quantizes T·x row by row; the result carries T (dequantize applies T⁻¹).
   Quantized<Scalar, Code> quantize(const MatrixCRef<Scalar>& x, const Philox& rng) const {
-    auto t = transform_for(x);
-    if (!t) return rows_.quantize(x, rng);
     Quantized<Scalar, Code> q;
+    quantize(x, rng, q);
+    return q;
+  }
+
+  /// \brief Quantizes into q, reusing q's code storage when the shape is unchanged.
+  void quantize(const MatrixCRef<Scalar>& x, const Philox& rng, Quantized<Scalar, Code>& q) const {
+    auto t = transform_for(x);
+    if (!t) return rows_.quantize(x, rng, q);
     q.granularity = Granularity::PerRow;
     q.bits = bits();
     q.codes.resize(x.rows(), x.cols());
@@ -153,7 +160,6 @@ class BlockHouseholderQuantizer {
     q.zero_point.resize(x.rows());
     run(x, *t, rng, q.codes.data(), q.codes.cols(), &q.scale, &q.zero_point);
     q.transform = std::move(t);
-    return q;
   }
 
   /// \brief Fake quantization T⁻¹·deq(Q(T·x)) into out (same shape as x); overwrites out.
@@ -179,8 +185,8 @@ class BlockHouseholderQuantizer {
         (void)tx, (void)r, (void)m;
         return 0.0;
       } else {
-        return detail::row_variance<Scalar>(tx.row(r).data(), tx.cols(), m, nullptr, nullptr, nullptr,
-                                    levels());
+        return detail::row_variance<Scalar>(tx.row(r).data(), tx.cols(), m, nullptr, nullptr,
+                                            nullptr, levels());
       }
     });
   }
@@ -203,7 +209,8 @@ class BlockHouseholderQuantizer {
         continue;
       }
       // Σ_r (δ_ir − 2 v_i v_r)² σ²_r = σ²_i − 4 v_i² σ²_i + 4 v_i² Σ_r v_r² σ²_r.
-      Eigen::Matrix<double, 1, Eigen::Dynamic> u = Eigen::Matrix<double, 1, Eigen::Dynamic>::Zero(x.cols());
+      Eigen::Matrix<double, 1, Eigen::Dynamic> u =
+          Eigen::Matrix<double, 1, Eigen::Dynamic>::Zero(x.cols());
       for (Index j = 0; j < m; ++j) {
         const double v = BlockHouseholderTransform<Scalar>::reflector(m, j);
         u += v * v * sigma.row(t->member(g, j));
@@ -211,7 +218,8 @@ class BlockHouseholderQuantizer {
       for (Index j = 0; j < m; ++j) {
         const Index r = t->member(g, j);
         const double v = BlockHouseholderTransform<Scalar>::reflector(m, j);
-        out.row(r) = ((1 - 4 * v * v) * sigma.row(r) + 4 * v * v * u) / (double(s(r)) * double(s(r)));
+        out.row(r) =
+            ((1 - 4 * v * v) * sigma.row(r) + 4 * v * v * u) / (double(s(r)) * double(s(r)));
       }
     }
     return out;
@@ -256,46 +264,69 @@ class BlockHouseholderQuantizer {
            Vector<Scalar>* zero_point) const {
     const Index d = x.cols();
     const auto& s = t.row_scale();
+    const Index chunks_per_row = d / static_cast<Index>(detail::kChunk) + 2;
     parallel_for(t.groups(), d * 2, [&](Index g) {
       thread_local Eigen::Matrix<Scalar, 1, Eigen::Dynamic> w, row;
+      thread_local std::vector<const char*> next_rows;
       w.resize(d);
       row.resize(d);
       const Index m = t.group_size(g);
-      w.setZero();
+      using Reflector = BlockHouseholderTransform<Scalar>;
       if (m >= 2) {
-        for (Index j = 0; j < m; ++j) {
+        detail::scale_into(Reflector::reflector(m, 0) * s(t.member(g, 0)),
+                           x.row(t.member(g, 0)).data(), w.data(), d);
+        for (Index j = 1; j < m; ++j) {
           const Index r = t.member(g, j);
-          w += (BlockHouseholderTransform<Scalar>::reflector(m, j) * s(r)) * x.row(r);
+          detail::fma_into(Reflector::reflector(m, j) * s(r), x.row(r).data(), w.data(), d);
         }
+      } else {
+        w.setZero();
+      }
+      // The rows of the next group are read from memory while this group's rounding computes:
+      // BHQ's extra pass over G then costs cache hits rather than memory latency.
+      detail::Prefetcher prefetch;
+      if (g + 1 < t.groups()) {
+        next_rows.clear();
+        for (Index j = 0; j < t.group_size(g + 1); ++j)
+          next_rows.push_back(reinterpret_cast<const char*>(x.row(t.member(g + 1, j)).data()));
+        prefetch.rows = next_rows.data();
+        prefetch.count = static_cast<Index>(next_rows.size());
+        prefetch.bytes = d * static_cast<Index>(sizeof(Scalar));
+        const Index lines = prefetch.count * ((prefetch.bytes + 63) / 64);
+        prefetch.lines_per_step = (lines + m * chunks_per_row - 1) / (m * chunks_per_row);
       }
       for (Index j = 0; j < m; ++j) {
         const Index r = t.member(g, j);
-        const Scalar v2 = m >= 2 ? 2 * BlockHouseholderTransform<Scalar>::reflector(m, j) : 0;
-        row = s(r) * x.row(r) - v2 * w;
-        const Scalar lo = row.minCoeff(), hi = row.maxCoeff();
+        const Scalar v2 = m >= 2 ? 2 * Reflector::reflector(m, j) : 0;
+        Scalar lo, hi;
+        if (!detail::transformed_row(s(r), x.row(r).data(), v2, w.data(), row.data(), d, lo, hi))
+          detail::throw_non_finite<Scalar>(x, name());
         const auto map = detail::choose_grid(lo, hi, levels(), grid());
         if (scale) {
           (*scale)(r) = map.scale;
           (*zero_point)(r) = map.zero_point;
         }
-        detail::quantize_row<Rounding, Scalar, Out>(row.data(), d, static_cast<std::uint64_t>(r * d),
-                                                    map, nullptr, nullptr, nullptr, levels(), rng,
-                                                    out + r * stride);
+        detail::quantize_row<Rounding, Scalar, Out>(
+            row.data(), d, static_cast<std::uint64_t>(r * d), map, nullptr, nullptr, nullptr,
+            levels(), rng, out + r * stride, &prefetch);
       }
       if constexpr (std::is_floating_point_v<Out>) {
-        using RowMap = Eigen::Map<Eigen::Matrix<Scalar, 1, Eigen::Dynamic>>;
-        auto out_row = [&](Index r) { return RowMap(out + r * stride, d); };
         if (m >= 2) {
-          w.setZero();
-          for (Index j = 0; j < m; ++j)
-            w += BlockHouseholderTransform<Scalar>::reflector(m, j) * out_row(t.member(g, j));
-          for (Index j = 0; j < m; ++j) {
-            const Index r = t.member(g, j);
-            const Scalar v2 = 2 * BlockHouseholderTransform<Scalar>::reflector(m, j);
-            out_row(r) = (out_row(r) - v2 * w) / s(r);
-          }
+          detail::scale_into(Reflector::reflector(m, 0), out + t.member(g, 0) * stride, w.data(),
+                             d);
+          for (Index j = 1; j < m; ++j)
+            detail::fma_into(Reflector::reflector(m, j), out + t.member(g, j) * stride, w.data(),
+                             d);
         } else {
-          out_row(t.member(g, 0)) /= s(t.member(g, 0));
+          w.setZero();
+        }
+        for (Index j = 0; j < m; ++j) {
+          // out_r = (out_r − 2 v_j w) / s_r
+          Scalar* o = out + t.member(g, j) * stride;
+          const Scalar v2 = m >= 2 ? 2 * Reflector::reflector(m, j) : 0;
+          const Scalar inv_s = 1 / s(t.member(g, j));
+          detail::fma_into(-v2, w.data(), o, d);
+          for (Index k = 0; k < d; ++k) o[k] *= inv_s;
         }
       }
     });

@@ -2,11 +2,14 @@
 /// \file
 /// \brief Quantization grids: how a range [lo, hi] becomes an affine map onto the codes 0..B.
 
+#include <algorithm>
 #include <cmath>
 #include <limits>
+#include <type_traits>
 
 #include "fqt/core/error.hpp"
 #include "fqt/core/matrix.hpp"
+#include "fqt/quant/detail/kernels.hpp"
 
 namespace fqt {
 
@@ -27,7 +30,8 @@ enum class Grid {
 /// \brief Which elements share one affine map.
 enum class Granularity { PerTensor, PerRow, PerColumn };
 
-/// \brief One affine map: y = x·inv_scale + zero_point (code units), value = (c − zero_point)·scale.
+/// \brief One affine map: y = x·inv_scale + zero_point (code units), value = (c −
+/// zero_point)·scale.
 template <class Scalar>
 struct AffineMap {
   Scalar scale = 1;       ///< the step Δ between neighbouring codes
@@ -98,15 +102,10 @@ template <class Scalar>
   throw std::domain_error(concat(where, ": the range of the input overflows"));
 }
 
-/// \brief Minimum and maximum of row i; throws std::domain_error on NaN or ±Inf in the row.
+/// \brief Minimum and maximum of row i; throws std::domain_error on NaN or ±Inf in x.
 template <class Scalar>
 void row_range(const MatrixCRef<Scalar>& x, Index i, Scalar& lo, Scalar& hi, const char* where) {
-  const auto row = x.row(i).array();
-  // x − x is 0 for finite x and NaN otherwise: one vectorised sum checks the whole row.
-  if (!std::isfinite((row - row).sum())) throw_non_finite<Scalar>(x, where);
-  lo = row.minCoeff();
-  hi = row.maxCoeff();
-  if (!std::isfinite(hi - lo)) throw_non_finite<Scalar>(x, where);
+  if (!min_max(x.row(i).data(), x.cols(), lo, hi)) throw_non_finite<Scalar>(x, where);
 }
 
 }  // namespace detail

@@ -26,11 +26,11 @@ struct Quantized {
   static_assert(std::is_floating_point_v<Scalar>, "fqt: Quantized needs a floating-point Scalar");
   static_assert(std::is_unsigned_v<Code>, "fqt: Quantized needs an unsigned integer Code");
 
-  Matrix<Code> codes;                            ///< N × D codes
+  Matrix<Code> codes;  ///< N × D codes
   Granularity granularity = Granularity::PerTensor;
-  Vector<Scalar> scale;                          ///< steps: size 1, N or D by granularity
-  Vector<Scalar> zero_point;                     ///< zero points in code units, same size
-  int bits = 8;                                  ///< codes lie in [0, 2^bits − 1]
+  Vector<Scalar> scale;       ///< steps: size 1, N or D by granularity
+  Vector<Scalar> zero_point;  ///< zero points in code units, same size
+  int bits = 8;               ///< codes lie in [0, 2^bits − 1]
   std::optional<BlockHouseholderTransform<Scalar>> transform;  ///< BHQ's T, if any
 
   Index rows() const { return codes.rows(); }
@@ -38,8 +38,8 @@ struct Quantized {
 
   /// \brief The values the codes stand for, written into out (same shape as codes); overwrites.
   void dequantize(MatrixRef<Scalar> out) const {
-    check(out.rows() == rows() && out.cols() == cols(), "Quantized::dequantize",
-          "output is ", out.rows(), "x", out.cols(), ", codes are ", rows(), "x", cols());
+    check(out.rows() == rows() && out.cols() == cols(), "Quantized::dequantize", "output is ",
+          out.rows(), "x", out.cols(), ", codes are ", rows(), "x", cols());
     const Index n = rows();
     for (Index i = 0; i < n; ++i) {
       const auto c = codes.row(i).template cast<Scalar>().array();

@@ -41,6 +41,26 @@ inline double round_up_probability(double f) {
   return std::clamp(count, 0.0, 65536.0) / 65536.0;
 }
 
+/// \brief Software prefetch of a few rows, spread over the chunks of a quantize loop, so that the
+/// rows a caller reads next arrive while this row's rounding computes (BHQ's next group).
+struct Prefetcher {
+  const char* const* rows = nullptr;  ///< start of each row to fetch
+  Index count = 0;                    ///< number of rows
+  Index bytes = 0;                    ///< bytes per row
+  Index lines_per_step = 0;           ///< cache lines to request per call of step()
+  Index row = 0, offset = 0;          ///< cursor
+
+  void step() {
+    for (Index k = 0; k < lines_per_step && row < count; ++k) {
+#if defined(__GNUC__)
+      __builtin_prefetch(rows[row] + offset, 0, 2);
+#endif
+      offset += 64;
+      if (offset >= bytes) offset = 0, ++row;
+    }
+  }
+};
+
 template <class Scalar>
 inline Scalar round_stochastic(Scalar y, std::uint16_t r, Scalar b) {
   const Scalar fl = std::floor(y);
@@ -76,12 +96,7 @@ inline void quantize_span_scalar(const Scalar* x, Index j0, Index j1, Scalar inv
 }
 
 #if FQT_HAVE_AVX512
-// GCC 12 reports its own _mm512_undefined placeholders as uninitialized (GCC bug 105593).
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic push
-#pragma GCC diagnostic ignored "-Wuninitialized"
-#pragma GCC diagnostic ignored "-Wmaybe-uninitialized"
-#endif
+FQT_SIMD_DIAGNOSTICS_PUSH
 /// 16 floats of one full chunk, stochastic: returns the rounded codes as floats.
 inline __m512 round_stochastic16(__m512 x, __m512 inv, __m512 zp, __m512i r, __m512 b) {
   const __m512 y = _mm512_fmadd_ps(x, inv, zp);
@@ -122,9 +137,7 @@ inline void stochastic_chunk_avx512(const float* x, const __m512i words[4], floa
     store16(out + 16 * t, q, vzp, vscale);
   }
 }
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic pop
-#endif
+FQT_SIMD_DIAGNOSTICS_POP
 #endif
 
 /// \brief Quantizes one row x[0, n) whose first element has the global (row-major) index k0.
@@ -133,7 +146,7 @@ inline void stochastic_chunk_avx512(const float* x, const __m512i words[4], floa
 template <class Rounding, class Scalar, class Out>
 inline void quantize_row(const Scalar* x, Index n, std::uint64_t k0, const AffineMap<Scalar>& map,
                          const Scalar* inv_col, const Scalar* zp_col, const Scalar* scale_col,
-                         int levels, const Philox& rng, Out* out) {
+                         int levels, const Philox& rng, Out* out, Prefetcher* prefetch = nullptr) {
   const Scalar b = static_cast<Scalar>(levels);
   if constexpr (!Rounding::is_stochastic) {
     quantize_span_scalar<Rounding>(x, 0, n, map.inv_scale, map.zero_point, inv_col, zp_col,
@@ -143,6 +156,7 @@ inline void quantize_row(const Scalar* x, Index n, std::uint64_t k0, const Affin
     const std::uint64_t k_end = k0 + static_cast<std::uint64_t>(n);
     std::uint64_t k = k0;
     while (k < k_end) {
+      if (prefetch) prefetch->step();
       const std::uint64_t chunk = k / kChunk;
       const std::uint64_t chunk_begin = chunk * kChunk;
       const std::uint64_t stop = std::min(chunk_begin + kChunk, k_end);

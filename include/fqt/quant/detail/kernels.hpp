@@ -1,0 +1,114 @@
+#pragma once
+/// \file
+/// \brief Vector kernels shared by the quantizers: one-pass min/max with a finiteness check, and
+/// the fused multiply-adds of BHQ's reflections. Each has an AVX-512 path and a portable path
+/// that perform the same IEEE operations (explicit fma), so results are bit-identical.
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <type_traits>
+
+#include "fqt/core/matrix.hpp"
+#include "fqt/core/random.hpp"  // FQT_HAVE_AVX512, FQT_SIMD_DIAGNOSTICS_*
+
+namespace fqt {
+namespace detail {
+
+FQT_SIMD_DIAGNOSTICS_PUSH
+/// \brief Minimum and maximum of x[0, n) in one pass; false if any element is NaN or ±Inf.
+template <class Scalar>
+inline bool min_max(const Scalar* x, Index n, Scalar& lo, Scalar& hi) {
+  Index j = 0;
+  Scalar l = std::numeric_limits<Scalar>::infinity(), h = -l;
+#if FQT_HAVE_AVX512
+  if constexpr (std::is_same_v<Scalar, float>) {
+    if (n >= 64) {
+      __m512 l0 = _mm512_set1_ps(l), l1 = l0, h0 = _mm512_set1_ps(h), h1 = h0;
+      __mmask16 nan = 0;
+      for (; j + 32 <= n; j += 32) {
+        const __m512 a = _mm512_loadu_ps(x + j), b = _mm512_loadu_ps(x + j + 16);
+        l0 = _mm512_min_ps(l0, a), h0 = _mm512_max_ps(h0, a);
+        l1 = _mm512_min_ps(l1, b), h1 = _mm512_max_ps(h1, b);
+        nan |= _mm512_cmp_ps_mask(a, b, _CMP_UNORD_Q);
+      }
+      if (nan) return false;
+      l = _mm512_reduce_min_ps(_mm512_min_ps(l0, l1));
+      h = _mm512_reduce_max_ps(_mm512_max_ps(h0, h1));
+    }
+  }
+#endif
+  for (; j < n; ++j) {
+    if (std::isnan(x[j])) return false;
+    l = std::min(l, x[j]);
+    h = std::max(h, x[j]);
+  }
+  lo = l;
+  hi = h;
+  return std::isfinite(lo) && std::isfinite(hi) && std::isfinite(hi - lo);
+}
+FQT_SIMD_DIAGNOSTICS_POP
+
+FQT_SIMD_DIAGNOSTICS_PUSH
+/// \brief y[j] = fma(a, x[j], y[j]) for j in [0, n).
+template <class Scalar>
+inline void fma_into(Scalar a, const Scalar* x, Scalar* y, Index n) {
+  Index j = 0;
+#if FQT_HAVE_AVX512
+  if constexpr (std::is_same_v<Scalar, float>) {
+    const __m512 va = _mm512_set1_ps(a);
+    for (; j + 16 <= n; j += 16)
+      _mm512_storeu_ps(y + j, _mm512_fmadd_ps(va, _mm512_loadu_ps(x + j), _mm512_loadu_ps(y + j)));
+  }
+#endif
+  for (; j < n; ++j) y[j] = std::fma(a, x[j], y[j]);
+}
+
+/// \brief y[j] = a·x[j] for j in [0, n).
+template <class Scalar>
+inline void scale_into(Scalar a, const Scalar* x, Scalar* y, Index n) {
+  for (Index j = 0; j < n; ++j) y[j] = a * x[j];
+}
+
+/// \brief t[j] = fma(−c, w[j], s·x[j]) — one transformed BHQ row — and its min and max in the
+/// same pass; false if any result is not finite.
+template <class Scalar>
+inline bool transformed_row(Scalar s, const Scalar* x, Scalar c, const Scalar* w, Scalar* t,
+                            Index n, Scalar& lo, Scalar& hi) {
+  Index j = 0;
+  Scalar l = std::numeric_limits<Scalar>::infinity(), h = -l;
+  bool nan = false;
+#if FQT_HAVE_AVX512
+  if constexpr (std::is_same_v<Scalar, float>) {
+    if (n >= 16) {
+      const __m512 vs = _mm512_set1_ps(s), vc = _mm512_set1_ps(-c);
+      __m512 vl = _mm512_set1_ps(l), vh = _mm512_set1_ps(h);
+      __mmask16 bad = 0;
+      for (; j + 16 <= n; j += 16) {
+        const __m512 v =
+            _mm512_fmadd_ps(vc, _mm512_loadu_ps(w + j), _mm512_mul_ps(vs, _mm512_loadu_ps(x + j)));
+        _mm512_storeu_ps(t + j, v);
+        vl = _mm512_min_ps(vl, v), vh = _mm512_max_ps(vh, v);
+        bad |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
+      }
+      nan = bad != 0;
+      l = _mm512_reduce_min_ps(vl);
+      h = _mm512_reduce_max_ps(vh);
+    }
+  }
+#endif
+  for (; j < n; ++j) {
+    const Scalar v = std::fma(-c, w[j], s * x[j]);
+    t[j] = v;
+    nan = nan || std::isnan(v);
+    l = std::min(l, v);
+    h = std::max(h, v);
+  }
+  lo = l;
+  hi = h;
+  return !nan && std::isfinite(lo) && std::isfinite(hi) && std::isfinite(hi - lo);
+}
+FQT_SIMD_DIAGNOSTICS_POP
+
+}  // namespace detail
+}  // namespace fqt
