@@ -149,9 +149,9 @@ class AffineQuantizer {
     q.granularity = kGranularity;
     q.bits = bits_;
     q.transform.reset();
-    auto m = maps(x);
     q.codes.resize(x.rows(), x.cols());
-    run(x, m, rng, q.codes.data(), q.codes.cols());
+    detail::AffineMaps<Scalar> m;
+    run(x, rng, q.codes.data(), q.codes.cols(), m);
     q.scale = std::move(m.scale);
     q.zero_point = std::move(m.zero_point);
   }
@@ -161,8 +161,8 @@ class AffineQuantizer {
   void fake_quantize(const MatrixCRef<Scalar>& x, const Philox& rng, MatrixRef<Scalar> out) const {
     check(out.rows() == x.rows() && out.cols() == x.cols(), name(), "::fake_quantize: output is ",
           out.rows(), "x", out.cols(), ", input is ", x.rows(), "x", x.cols());
-    const auto m = maps(x);
-    run(x, m, rng, out.data(), out.outerStride());
+    detail::AffineMaps<Scalar> m;
+    run(x, rng, out.data(), out.outerStride(), m);
   }
 
   /// \brief Fake quantization: the values of quantize(x, rng).
@@ -240,11 +240,24 @@ class AffineQuantizer {
     return kGranularity == Granularity::PerColumn ? v.data() + offset : nullptr;
   }
 
+  // Picks the maps and rounds. Per row, both happen while the row is in cache (one pass over x
+  // from memory); per tensor and per column the ranges need a pass of their own first.
   template <class Out>
-  void run(const MatrixCRef<Scalar>& x, const detail::AffineMaps<Scalar>& m, const Philox& rng,
-           Out* out, Index out_stride) const {
+  void run(const MatrixCRef<Scalar>& x, const Philox& rng, Out* out, Index out_stride,
+           detail::AffineMaps<Scalar>& m) const {
     const Index d = x.cols();
+    if (kGranularity != Granularity::PerRow || x.rows() == 0 || d == 0) {
+      m = maps(x);
+      if (d == 0) return;
+    } else {
+      m.resize(x.rows());
+    }
     parallel_for(x.rows(), d, [&](Index i) {
+      if constexpr (kGranularity == Granularity::PerRow) {
+        Scalar lo, hi;
+        detail::row_range<Scalar>(x, i, lo, hi, name());
+        m.set(i, detail::choose_grid(lo, hi, levels(), grid_));
+      }
       detail::quantize_row<Rounding, Scalar, Out>(
           x.row(i).data(), d, static_cast<std::uint64_t>(i * d), row_map(m, i),
           col_ptr(m.inv_scale), col_ptr(m.zero_point), col_ptr(m.scale), levels(), rng,
