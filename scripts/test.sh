@@ -15,7 +15,7 @@ cmake --build build/release -j "$jobs"
 
 echo "== portable build under AddressSanitizer + UndefinedBehaviorSanitizer (Clang)"
 cmake -S . -B build/sanitize -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_COMPILER=clang++ \
-  -DFQT_NATIVE=OFF -DFQT_BUILD_BENCHMARKS=OFF -DFQT_BUILD_EXAMPLES=OFF \
+  -DFQT_NATIVE=OFF -DFQT_SLOW_TESTS=OFF -DFQT_BUILD_BENCHMARKS=OFF -DFQT_BUILD_EXAMPLES=OFF \
   -DCMAKE_CXX_FLAGS="-O1 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
   >/dev/null
 cmake --build build/sanitize -j "$jobs"
