@@ -1,0 +1,190 @@
+#pragma once
+/// \file
+/// \brief The quantization policy of a layer or a model: the training mode (Exact, QAT, FQT), the
+/// deterministic forward quantizer Q_f of activations and weights, and the two stochastic backward
+/// quantizers of the output gradient (grad-input Q_b1, grad-weight Q_b2), plus the Philox streams
+/// one backward pass draws from.
+
+#include <algorithm>
+#include <cctype>
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "fqt/core/error.hpp"
+#include "fqt/core/random.hpp"
+#include "fqt/quant.hpp"
+
+namespace fqt {
+namespace nn {
+
+/// \brief What a layer quantizes.
+enum class Mode {
+  Exact,  ///< full precision forward and backward
+  QAT,    ///< Q_f on activations and weights in the forward pass, straight-through, FP gradients
+  FQT     ///< QAT plus stochastic quantization of the output gradient in the backward pass
+};
+
+/// \brief The quantizer of the grad-input path, ∇X = Q_b1(G)·Ŵ (rows of G are samples).
+enum class GradInputQuantizer {
+  PerTensor,        ///< PTQ: one range for the whole gradient ("ptq")
+  PerSample,        ///< PSQ: one range per sample row ("psq")
+  BlockHouseholder  ///< BHQ: block Householder mixing of the sample rows, then PSQ ("bhq")
+};
+
+/// \brief The quantizer of the grad-weight path, ∇W = Q_b2(G)ᵀ·X̂ (the batch is contracted).
+enum class GradWeightQuantizer {
+  PerTensor,  ///< PTQ: one range for the whole gradient ("ptq")
+  PerColumn   ///< one range per column of G, over the batch ("column"; the paper's PSQ runs)
+};
+
+/// \brief Rounding of the backward quantizers. Only Stochastic keeps the FQT gradient unbiased
+/// (Theorem 1); Nearest exists to demonstrate the bias of deterministic gradient rounding.
+enum class GradientRounding { Stochastic, Nearest };
+
+/// \brief The quantization recipe of a layer or a whole model.
+///
+/// Defaults are the paper's released recipe with fqt's zero-aligned gradient grid: activations 8
+/// bits (per tensor, round to nearest, free grid), weights 8 bits (per tensor, nearest, zero on
+/// the grid), grad-input BHQ at 8 bits, grad-weight PTQ at 8 bits, stochastic rounding.
+/// `gradient_grid = Grid::Free` reproduces the paper's PSQ/BHQ rows exactly. Every bit width is
+/// in [1, 8]. A model has one policy; a layer may override it (see Module::set_policy).
+struct QuantPolicy {
+  Mode mode = Mode::FQT;    ///< Exact, QAT or FQT
+  int activation_bits = 8;  ///< bits of Q_f on a layer's input (per tensor, nearest, free grid)
+  int weight_bits = 8;      ///< bits of Q_f on a layer's weight (per tensor, nearest, zero aligned)
+  GradInputQuantizer grad_input_quantizer = GradInputQuantizer::BlockHouseholder;  ///< Q_b1
+  int grad_input_bits = 8;                                                         ///< bits of Q_b1
+  GradWeightQuantizer grad_weight_quantizer = GradWeightQuantizer::PerTensor;      ///< Q_b2
+  int grad_weight_bits = 8;                                                        ///< bits of Q_b2
+  Grid gradient_grid = Grid::ZeroAligned;                             ///< grid of Q_b1 and Q_b2
+  GradientRounding gradient_rounding = GradientRounding::Stochastic;  ///< rounding of Q_b1, Q_b2
+
+  /// \brief A policy with the given mode and default knobs.
+  static QuantPolicy with_mode(Mode m) {
+    QuantPolicy p;
+    p.mode = m;
+    return p;
+  }
+
+  /// \brief True when the forward pass quantizes (QAT and FQT).
+  bool quantizes_forward() const { return mode != Mode::Exact; }
+  /// \brief True when the backward pass quantizes the output gradient (FQT).
+  bool quantizes_backward() const { return mode == Mode::FQT; }
+
+  /// \brief Throws std::invalid_argument naming `where` and the offending knob unless every bit
+  /// width is in [1, 8].
+  void validate(const char* where) const {
+    auto in_range = [](int b) { return b >= 1 && b <= 8; };
+    check(in_range(activation_bits), where, "activation_bits must be in [1, 8], got ",
+          activation_bits);
+    check(in_range(weight_bits), where, "weight_bits must be in [1, 8], got ", weight_bits);
+    check(in_range(grad_input_bits), where, "grad_input_bits must be in [1, 8], got ",
+          grad_input_bits);
+    check(in_range(grad_weight_bits), where, "grad_weight_bits must be in [1, 8], got ",
+          grad_weight_bits);
+  }
+};
+
+namespace detail {
+inline std::string lower(std::string_view s) {
+  std::string out(s);
+  std::transform(out.begin(), out.end(), out.begin(),
+                 [](unsigned char c) { return static_cast<char>(std::tolower(c)); });
+  return out;
+}
+}  // namespace detail
+
+/// \brief Parses "exact", "qat" or "fqt" (any case); throws std::invalid_argument naming the text.
+inline Mode parse_mode(std::string_view name) {
+  const std::string s = detail::lower(name);
+  if (s == "exact") return Mode::Exact;
+  if (s == "qat") return Mode::QAT;
+  if (s == "fqt") return Mode::FQT;
+  check(false, "nn::parse_mode", "unknown mode '", name, "' (expected exact, qat or fqt)");
+  return Mode::Exact;
+}
+
+/// \brief Parses "ptq", "psq" or "bhq" (any case); throws std::invalid_argument naming the text.
+inline GradInputQuantizer parse_grad_input_quantizer(std::string_view name) {
+  const std::string s = detail::lower(name);
+  if (s == "ptq") return GradInputQuantizer::PerTensor;
+  if (s == "psq") return GradInputQuantizer::PerSample;
+  if (s == "bhq") return GradInputQuantizer::BlockHouseholder;
+  check(false, "nn::parse_grad_input_quantizer", "unknown grad-input quantizer '", name,
+        "' (expected ptq, psq or bhq)");
+  return GradInputQuantizer::PerTensor;
+}
+
+/// \brief Parses "ptq" or "column" (any case); throws std::invalid_argument naming the text.
+/// BHQ and PSQ are not grad-weight quantizers: their per-sample scales do not factor out of
+/// Gᵀ·X̂, whose contraction runs over the samples.
+inline GradWeightQuantizer parse_grad_weight_quantizer(std::string_view name) {
+  const std::string s = detail::lower(name);
+  if (s == "ptq") return GradWeightQuantizer::PerTensor;
+  if (s == "column") return GradWeightQuantizer::PerColumn;
+  check(false, "nn::parse_grad_weight_quantizer", "unknown grad-weight quantizer '", name,
+        "' (expected ptq or column)");
+  return GradWeightQuantizer::PerTensor;
+}
+
+/// \brief Parses "zero" (zero aligned) or "free" (any case); throws std::invalid_argument.
+inline Grid parse_grid(std::string_view name) {
+  const std::string s = detail::lower(name);
+  if (s == "zero" || s == "zeroaligned") return Grid::ZeroAligned;
+  if (s == "free") return Grid::Free;
+  check(false, "nn::parse_grid", "unknown grid '", name, "' (expected zero or free)");
+  return Grid::ZeroAligned;
+}
+
+/// \brief "exact", "qat" or "fqt".
+inline const char* to_string(Mode m) {
+  switch (m) {
+    case Mode::Exact:
+      return "exact";
+    case Mode::QAT:
+      return "qat";
+    case Mode::FQT:
+      return "fqt";
+  }
+  return "?";
+}
+
+/// \brief "ptq", "psq" or "bhq" — the names parse_grad_input_quantizer accepts.
+inline const char* to_string(GradInputQuantizer q) {
+  switch (q) {
+    case GradInputQuantizer::PerTensor:
+      return "ptq";
+    case GradInputQuantizer::PerSample:
+      return "psq";
+    case GradInputQuantizer::BlockHouseholder:
+      return "bhq";
+  }
+  return "?";
+}
+
+/// \brief "ptq" or "column" — the names parse_grad_weight_quantizer accepts.
+inline const char* to_string(GradWeightQuantizer q) {
+  return q == GradWeightQuantizer::PerTensor ? "ptq" : "column";
+}
+
+/// \brief The role of a random stream within one layer's backward pass.
+enum class StreamRole : std::uint64_t { GradInput = 1, GradWeight = 2 };
+
+/// \brief The two independent Philox streams of one layer's backward pass: the output gradient G
+/// is quantized once for grad-input and once, with fresh noise, for grad-weight.
+struct GradientStreams {
+  Philox grad_input;   ///< noise of Q_b1(G)
+  Philox grad_weight;  ///< noise of Q_b2(G)
+};
+
+/// \brief The streams of layer `layer` at training step `step`: rng.substream(step, layer, role).
+/// Distinct (step, layer, role) give independent streams, so each backward pass draws fresh noise.
+inline GradientStreams gradient_streams(const Philox& rng, std::uint64_t step,
+                                        std::uint64_t layer) {
+  return {rng.substream(step, layer, static_cast<std::uint64_t>(StreamRole::GradInput)),
+          rng.substream(step, layer, static_cast<std::uint64_t>(StreamRole::GradWeight))};
+}
+
+}  // namespace nn
+}  // namespace fqt

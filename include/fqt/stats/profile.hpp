@@ -1,0 +1,254 @@
+#pragma once
+/// \file
+/// \brief Per-parameter-tensor variance decomposition of a network's FQT gradient (the paper's
+/// Theorem 2, measured as the reference code's `get_var` does) and a check of Theorem 1.
+///
+/// For a model, a batch and a policy, profile_gradients computes per parameter tensor:
+/// - the QAT gradient g at the batch (same forward pass, full-precision gradients);
+/// - K FQT gradients ĝ_1..ĝ_K at the same batch with independent noise, their mean and the
+///   quantization variance Var[ĝ | batch] = E‖ĝ − E ĝ‖² (unbiased estimate, divisor K − 1);
+/// - the sampling variance of the QAT gradient over M further batches, Σ_m ‖g_m − ḡ‖²/(M − 1);
+/// - Theorem 1 z-scores: z_j = (mean_j − g_j)/(s_j/√K) per element with sample deviation s_j > 0,
+///   and the tensor's bias in standard errors ‖mean − g‖/√(Σ_j s_j²/K), about 1 for an unbiased
+///   estimator and infinite for a deterministic (round-to-nearest) one that misses g.
+/// By Theorem 2 the FQT gradient's total variance is the sampling variance plus the quantization
+/// variance; FQT trains like QAT while the second is small next to the first.
+
+#include <algorithm>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <string>
+#include <vector>
+
+#include "fqt/core/error.hpp"
+#include "fqt/core/matrix.hpp"
+#include "fqt/core/random.hpp"
+#include "fqt/nn/autograd.hpp"
+#include "fqt/nn/layers.hpp"
+#include "fqt/nn/loss.hpp"
+#include "fqt/nn/policy.hpp"
+
+namespace fqt {
+namespace stats {
+
+/// \brief A labelled batch: inputs N × (C·H·W) with their per-sample shape, and N labels.
+template <class Scalar = float>
+struct Batch {
+  Matrix<Scalar> inputs;    ///< one sample per row
+  nn::FeatureShape shape;   ///< per-sample shape (channels 0: a flat vector of inputs.cols())
+  std::vector<int> labels;  ///< class of each row
+};
+
+/// \brief Knobs of profile_gradients.
+struct ProfileOptions {
+  int fqt_passes = 32;         ///< K ≥ 2 independent FQT backward passes on the profiled batch
+  double label_smoothing = 0;  ///< of the softmax cross-entropy loss
+  Philox rng{0};               ///< pass k draws its noise from rng.substream(k)
+  std::uint64_t step = 0;      ///< the step index given to the layers' streams
+};
+
+/// \brief The profile of one parameter tensor (all statistics in double).
+struct TensorProfile {
+  std::string name;                  ///< parameter name, e.g. "0.weight"
+  Matrix<double> qat_gradient;       ///< g at the profiled batch
+  Matrix<double> fqt_mean;           ///< mean of the K FQT gradients
+  Matrix<double> fqt_variance;       ///< per-element sample variance of the K FQT gradients
+  double quantization_variance = 0;  ///< Σ_j fqt_variance_j ≈ E‖ĝ − E ĝ‖²
+  double sampling_variance = 0;      ///< Σ_j Var_m[g_m]_j over the sampling batches (0 if M < 2)
+  double bias_norm = 0;              ///< ‖fqt_mean − g‖
+  double bias_standard_error = 0;  ///< √(quantization_variance/K): the expected noise of the mean
+  double bias_in_standard_errors = 0;  ///< bias_norm / bias_standard_error (∞ if 0 < bias, se = 0)
+  double max_abs_z = 0;       ///< max_j |mean_j − g_j|/(s_j/√K) over elements with s_j > 0
+  double mean_z_squared = 0;  ///< mean of z_j² over those elements (≈ 1 if unbiased)
+  Index noisy_elements = 0;   ///< elements with s_j > 0
+
+  /// \brief quantization_variance / sampling_variance (∞ when the latter is 0).
+  double variance_ratio() const {
+    return sampling_variance > 0 ? quantization_variance / sampling_variance
+                                 : std::numeric_limits<double>::infinity();
+  }
+  /// \brief Theorem 1 holds at this level: max_abs_z and bias_in_standard_errors below `limit`.
+  bool consistent_with_unbiased(double limit = 6) const {
+    return max_abs_z < limit && bias_in_standard_errors < limit;
+  }
+};
+
+/// \brief The profile of a model: one entry per parameter tensor, in model order.
+struct GradientProfile {
+  std::vector<TensorProfile> tensors;  ///< per parameter tensor
+  int fqt_passes = 0;                  ///< K
+  int sampling_batches = 0;            ///< M
+
+  /// \brief Σ over tensors of the quantization variance.
+  double quantization_variance() const {
+    double v = 0;
+    for (const auto& t : tensors) v += t.quantization_variance;
+    return v;
+  }
+  /// \brief Σ over tensors of the sampling variance.
+  double sampling_variance() const {
+    double v = 0;
+    for (const auto& t : tensors) v += t.sampling_variance;
+    return v;
+  }
+  /// \brief Theorem 2's total: sampling plus quantization variance.
+  double total_variance() const { return sampling_variance() + quantization_variance(); }
+  /// \brief The largest element z-score over all tensors.
+  double max_abs_z() const {
+    double z = 0;
+    for (const auto& t : tensors) z = std::max(z, t.max_abs_z);
+    return z;
+  }
+  /// \brief Theorem 1 check over every tensor.
+  bool consistent_with_unbiased(double limit = 6) const {
+    for (const auto& t : tensors) {
+      if (!t.consistent_with_unbiased(limit)) return false;
+    }
+    return true;
+  }
+  /// \brief The tensor of that name; throws std::invalid_argument if there is none.
+  const TensorProfile& operator[](const std::string& name) const {
+    for (const auto& t : tensors) {
+      if (t.name == name) return t;
+    }
+    check(false, "stats::GradientProfile", "no parameter named '", name, "'");
+    return tensors.front();
+  }
+};
+
+namespace detail {
+
+/// One backward pass: the gradients of every parameter (in double), for the given context.
+template <class Scalar>
+std::vector<Matrix<double>> parameter_gradients(nn::Module<Scalar>& model,
+                                                const std::vector<nn::Parameter<Scalar>>& params,
+                                                const Batch<Scalar>& batch,
+                                                const nn::Context& context,
+                                                double label_smoothing) {
+  for (const auto& p : params) p.variable.zero_grad();
+  nn::Tape<Scalar> tape;
+  const nn::Variable<Scalar> input(batch.inputs, batch.shape);
+  const auto logits = model.forward(tape, input, context);
+  const auto loss = nn::softmax_cross_entropy(tape, logits, batch.labels, label_smoothing);
+  tape.backward(loss);
+  std::vector<Matrix<double>> grads;
+  grads.reserve(params.size());
+  for (const auto& p : params) grads.push_back(p.variable.grad().template cast<double>());
+  return grads;
+}
+
+}  // namespace detail
+
+/// \brief Profiles the gradient of `model` under `policy` (see the file comment).
+///
+/// The model runs in training mode (batch statistics) without touching BatchNorm running
+/// statistics; parameter gradients are restored on return. Layers' own policy overrides apply;
+/// the QAT reference runs every FQT layer as QAT (Context::quantize_gradients = false).
+/// \param batch the profiled batch (quantization statistics)
+/// \param sampling_batches further batches for the sampling variance (M ≥ 2, or empty)
+/// \param policy the model's policy (normally Mode::FQT)
+template <class Scalar>
+GradientProfile profile_gradients(nn::Module<Scalar>& model, const Batch<Scalar>& batch,
+                                  const std::vector<Batch<Scalar>>& sampling_batches,
+                                  const nn::QuantPolicy& policy, const ProfileOptions& options) {
+  constexpr const char* kWhere = "stats::profile_gradients";
+  check(options.fqt_passes >= 2, kWhere, "fqt_passes must be >= 2, got ", options.fqt_passes);
+  check(sampling_batches.size() != 1, kWhere,
+        "the sampling variance needs at least 2 batches (or none), got 1");
+  policy.validate(kWhere);
+  const auto params = model.parameters();
+  std::vector<Matrix<Scalar>> saved;
+  for (const auto& p : params) saved.push_back(p.variable.grad());
+  struct Restore {
+    const std::vector<nn::Parameter<Scalar>>& params;
+    std::vector<Matrix<Scalar>>& saved;
+    ~Restore() {
+      for (std::size_t i = 0; i < params.size(); ++i)
+        params[i].variable.grad() = std::move(saved[i]);
+    }
+  } restore{params, saved};
+
+  nn::Context context;
+  context.policy = policy;
+  context.step = options.step;
+  context.training = true;
+  context.update_running_statistics = false;
+
+  GradientProfile profile;
+  profile.fqt_passes = options.fqt_passes;
+  profile.sampling_batches = static_cast<int>(sampling_batches.size());
+  profile.tensors.resize(params.size());
+
+  context.quantize_gradients = false;
+  const auto qat =
+      detail::parameter_gradients(model, params, batch, context, options.label_smoothing);
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    profile.tensors[i].name = params[i].name;
+    profile.tensors[i].qat_gradient = qat[i];
+    profile.tensors[i].fqt_mean = Matrix<double>::Zero(qat[i].rows(), qat[i].cols());
+    profile.tensors[i].fqt_variance = Matrix<double>::Zero(qat[i].rows(), qat[i].cols());
+  }
+
+  // Welford's running mean and sum of squared deviations of the K FQT gradients.
+  context.quantize_gradients = true;
+  const int k_passes = options.fqt_passes;
+  for (int k = 0; k < k_passes; ++k) {
+    context.rng = options.rng.substream(static_cast<std::uint64_t>(k));
+    const auto g =
+        detail::parameter_gradients(model, params, batch, context, options.label_smoothing);
+    for (std::size_t i = 0; i < params.size(); ++i) {
+      auto& t = profile.tensors[i];
+      const Matrix<double> delta = g[i] - t.fqt_mean;
+      t.fqt_mean += delta / static_cast<double>(k + 1);
+      t.fqt_variance += delta.cwiseProduct(g[i] - t.fqt_mean);
+    }
+  }
+  const double k_count = static_cast<double>(k_passes);
+  for (auto& t : profile.tensors) {
+    t.fqt_variance /= k_count - 1;
+    t.quantization_variance = t.fqt_variance.sum();
+    const Matrix<double> bias = t.fqt_mean - t.qat_gradient;
+    t.bias_norm = bias.norm();
+    t.bias_standard_error = std::sqrt(t.quantization_variance / k_count);
+    t.bias_in_standard_errors =
+        t.bias_standard_error > 0 ? t.bias_norm / t.bias_standard_error
+                                  : (t.bias_norm > 0 ? std::numeric_limits<double>::infinity() : 0);
+    double z2 = 0;
+    for (Index j = 0; j < bias.size(); ++j) {
+      const double var = t.fqt_variance.data()[j];
+      if (!(var > 0)) continue;
+      const double z = bias.data()[j] / std::sqrt(var / k_count);
+      t.max_abs_z = std::max(t.max_abs_z, std::abs(z));
+      z2 += z * z;
+      ++t.noisy_elements;
+    }
+    t.mean_z_squared = t.noisy_elements > 0 ? z2 / static_cast<double>(t.noisy_elements) : 0;
+  }
+
+  if (sampling_batches.size() >= 2) {
+    context.quantize_gradients = false;
+    std::vector<Matrix<double>> mean(params.size()), m2(params.size());
+    for (std::size_t b = 0; b < sampling_batches.size(); ++b) {
+      const auto g = detail::parameter_gradients(model, params, sampling_batches[b], context,
+                                                 options.label_smoothing);
+      for (std::size_t i = 0; i < params.size(); ++i) {
+        if (b == 0) {
+          mean[i] = Matrix<double>::Zero(g[i].rows(), g[i].cols());
+          m2[i] = Matrix<double>::Zero(g[i].rows(), g[i].cols());
+        }
+        const Matrix<double> delta = g[i] - mean[i];
+        mean[i] += delta / static_cast<double>(b + 1);
+        m2[i] += delta.cwiseProduct(g[i] - mean[i]);
+      }
+    }
+    for (std::size_t i = 0; i < params.size(); ++i) {
+      profile.tensors[i].sampling_variance =
+          m2[i].sum() / static_cast<double>(sampling_batches.size() - 1);
+    }
+  }
+  return profile;
+}
+
+}  // namespace stats
+}  // namespace fqt

@@ -1,0 +1,563 @@
+#include "fqt/nn/functional.hpp"
+
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include "fqt/core/parallel.hpp"
+#include "support/nn_gradcheck.hpp"
+
+using fqt::Index;
+using fqt::Matrix;
+using fqt::Philox;
+using fqt::Vector;
+namespace nn = fqt::nn;
+using Catch::Matchers::Contains;
+
+namespace {
+
+nn::QuantPolicy exact_policy() { return nn::QuantPolicy::with_mode(nn::Mode::Exact); }
+nn::QuantPolicy qat_policy() { return nn::QuantPolicy::with_mode(nn::Mode::QAT); }
+
+const nn::GradientStreams kStreams = nn::gradient_streams(Philox(11), 0, 0);
+
+// y[n, k, oy, ox] = b[k] + Σ w[k, c, i, j]·x[n, c, oy·sh − ph + i, ox·sw − pw + j] by direct loops.
+Matrix<double> naive_conv(const Matrix<double>& x, const Matrix<double>& w, const Vector<double>& b,
+                          const nn::Conv2dGeometry& g) {
+  const Index ho = g.out_height(), wo = g.out_width();
+  Matrix<double> y = Matrix<double>::Zero(x.rows(), g.output_size());
+  for (Index n = 0; n < x.rows(); ++n)
+    for (Index k = 0; k < g.out_channels; ++k)
+      for (Index oy = 0; oy < ho; ++oy)
+        for (Index ox = 0; ox < wo; ++ox) {
+          double acc = b.size() ? b(k) : 0.0;
+          for (Index c = 0; c < g.in_channels; ++c)
+            for (Index i = 0; i < g.kernel_height; ++i)
+              for (Index j = 0; j < g.kernel_width; ++j) {
+                const Index iy = oy * g.stride_height - g.padding_height + i;
+                const Index ix = ox * g.stride_width - g.padding_width + j;
+                if (iy < 0 || iy >= g.in_height || ix < 0 || ix >= g.in_width) continue;
+                acc += w(k, (c * g.kernel_height + i) * g.kernel_width + j) *
+                       x(n, (c * g.in_height + iy) * g.in_width + ix);
+              }
+          y(n, (k * ho + oy) * wo + ox) = acc;
+        }
+  return y;
+}
+
+// The adjoint of naive_conv: gradients of Σ G ⊙ y with respect to x, w and b, by direct loops.
+void naive_conv_backward(const Matrix<double>& x, const Matrix<double>& w, const Matrix<double>& gy,
+                         const nn::Conv2dGeometry& g, Matrix<double>& gx, Matrix<double>& gw,
+                         Vector<double>& gb) {
+  const Index ho = g.out_height(), wo = g.out_width();
+  gx = Matrix<double>::Zero(x.rows(), x.cols());
+  gw = Matrix<double>::Zero(w.rows(), w.cols());
+  gb = Vector<double>::Zero(g.out_channels);
+  for (Index n = 0; n < x.rows(); ++n)
+    for (Index k = 0; k < g.out_channels; ++k)
+      for (Index oy = 0; oy < ho; ++oy)
+        for (Index ox = 0; ox < wo; ++ox) {
+          const double go = gy(n, (k * ho + oy) * wo + ox);
+          gb(k) += go;
+          for (Index c = 0; c < g.in_channels; ++c)
+            for (Index i = 0; i < g.kernel_height; ++i)
+              for (Index j = 0; j < g.kernel_width; ++j) {
+                const Index iy = oy * g.stride_height - g.padding_height + i;
+                const Index ix = ox * g.stride_width - g.padding_width + j;
+                if (iy < 0 || iy >= g.in_height || ix < 0 || ix >= g.in_width) continue;
+                const Index wi = (c * g.kernel_height + i) * g.kernel_width + j;
+                const Index xi = (c * g.in_height + iy) * g.in_width + ix;
+                gx(n, xi) += w(k, wi) * go;
+                gw(k, wi) += x(n, xi) * go;
+              }
+        }
+}
+
+// A random valid geometry (the kernel always fits the padded input).
+nn::Conv2dGeometry random_geometry(std::uint64_t seed) {
+  const Philox rng(seed, 5);
+  std::uint64_t draw = 0;
+  auto pick = [&](Index lo, Index hi) {
+    return lo + static_cast<Index>(rng.uniform(draw++) * static_cast<double>(hi - lo + 1));
+  };
+  nn::Conv2dGeometry g;
+  do {
+    g.in_channels = pick(1, 3);
+    g.in_height = pick(1, 7);
+    g.in_width = pick(1, 7);
+    g.out_channels = pick(1, 4);
+    g.kernel_height = pick(1, 4);
+    g.kernel_width = pick(1, 4);
+    g.stride_height = pick(1, 3);
+    g.stride_width = pick(1, 3);
+    g.padding_height = pick(0, 2);
+    g.padding_width = pick(0, 2);
+  } while (g.kernel_height > g.in_height + 2 * g.padding_height ||
+           g.kernel_width > g.in_width + 2 * g.padding_width);
+  return g;
+}
+
+}  // namespace
+
+TEST_CASE("Exact linear_forward computes X W^T + b", "[nn][linear]") {
+  const Matrix<double> x = nn_test::random_matrix(5, 7, 1);
+  const Matrix<double> w = nn_test::random_matrix(3, 7, 2);
+  const Vector<double> b = nn_test::random_matrix(3, 1, 3);
+  nn::LinearCache<double> cache;
+  Matrix<double> y(5, 3);
+  nn::linear_forward(x, w, b, exact_policy(), cache, y);
+  const Matrix<double> expected = (x * w.transpose()).rowwise() + b.transpose();
+  CHECK(nn_test::relative_error(y, expected) < 1e-14);
+}
+
+TEST_CASE("Linear gradients in Exact mode match finite differences", "[nn][linear][gradcheck]") {
+  Matrix<double> x = nn_test::random_matrix(6, 5, 10);
+  Matrix<double> w = nn_test::random_matrix(4, 5, 11);
+  Matrix<double> bm = nn_test::random_matrix(4, 1, 12);
+  const Matrix<double> r = nn_test::random_matrix(6, 4, 13);  // L = Σ r ⊙ y, so ∂L/∂y = r
+  nn::LinearCache<double> cache;
+  auto loss = [&] {
+    Matrix<double> y(6, 4);
+    nn::linear_forward(x, w, Vector<double>(bm), exact_policy(), cache, y);
+    return r.cwiseProduct(y).sum();
+  };
+  loss();
+  Matrix<double> gx(6, 5), gw = Matrix<double>::Zero(4, 5);
+  Vector<double> gb = Vector<double>::Zero(4);
+  nn::linear_backward(r, cache, kStreams, gx, gw, gb);
+  CHECK(nn_test::relative_error(gx, nn_test::numerical_gradient(loss, x)) < 1e-8);
+  CHECK(nn_test::relative_error(gw, nn_test::numerical_gradient(loss, w)) < 1e-8);
+  CHECK(nn_test::relative_error(gb, nn_test::numerical_gradient(loss, bm)) < 1e-8);
+}
+
+TEST_CASE("linear_backward overwrites grad_input and accumulates grad_weight and grad_bias",
+          "[nn][linear]") {
+  const Matrix<double> x = nn_test::random_matrix(4, 3, 20);
+  const Matrix<double> w = nn_test::random_matrix(2, 3, 21);
+  const Matrix<double> g = nn_test::random_matrix(4, 2, 22);
+  nn::LinearCache<double> cache;
+  Matrix<double> y(4, 2);
+  nn::linear_forward(x, w, Vector<double>(), exact_policy(), cache, y);
+  Matrix<double> gx = Matrix<double>::Constant(4, 3, 7.0), gw = Matrix<double>::Zero(2, 3);
+  Vector<double> gb = Vector<double>::Zero(2);
+  nn::linear_backward(g, cache, kStreams, gx, gw, gb);
+  const Matrix<double> gx1 = gx, gw1 = gw;
+  const Vector<double> gb1 = gb;
+  nn::linear_backward(g, cache, kStreams, gx, gw, gb);
+  CHECK(gx == gx1);
+  CHECK(nn_test::relative_error(gw, 2 * gw1) < 1e-15);
+  CHECK(nn_test::relative_error(gb, 2 * gb1) < 1e-15);
+  CHECK(nn_test::relative_error(gx1, g * w) < 1e-14);
+  CHECK(nn_test::relative_error(gb1, g.colwise().sum().transpose()) < 1e-14);
+
+  SECTION("outputs of size 0 are skipped") {
+    Matrix<double> none;
+    Vector<double> no_bias;
+    Matrix<double> gw2 = Matrix<double>::Zero(2, 3);
+    nn::linear_backward(g, cache, kStreams, none, gw2, no_bias);
+    CHECK(gw2 == gw1);
+  }
+}
+
+TEST_CASE("linear_forward and linear_backward work on Eigen::Map-ped foreign buffers",
+          "[nn][linear]") {
+  // The docs/nn.md example: a foreign training loop owns plain float buffers.
+  std::vector<float> x(8 * 16), w(4 * 16), b(4, 0.5f), y(8 * 4), dy(8 * 4, 0.01f);
+  std::vector<float> dx(8 * 16), dw(4 * 16, 0.0f), db(4, 0.0f);
+  for (std::size_t i = 0; i < x.size(); ++i) x[i] = std::sin(0.3f * static_cast<float>(i));
+  for (std::size_t i = 0; i < w.size(); ++i) w[i] = std::cos(0.7f * static_cast<float>(i));
+
+  using MatrixMap = Eigen::Map<fqt::Matrix<float>>;
+  using VectorMap = Eigen::Map<fqt::Vector<float>>;
+  fqt::nn::QuantPolicy policy;  // FQT: 8-bit forward, BHQ 8-bit grad-input, PTQ 8-bit grad-weight
+  fqt::nn::LinearCache<float> cache;
+  fqt::nn::linear_forward(MatrixMap(x.data(), 8, 16), MatrixMap(w.data(), 4, 16),
+                          VectorMap(b.data(), 4), policy, cache, MatrixMap(y.data(), 8, 4));
+  const std::uint64_t step = 0, layer = 3;
+  fqt::nn::linear_backward(
+      MatrixMap(dy.data(), 8, 4), cache, fqt::nn::gradient_streams(fqt::Philox(42), step, layer),
+      MatrixMap(dx.data(), 8, 16), MatrixMap(dw.data(), 4, 16), VectorMap(db.data(), 4));
+
+  CHECK(nn_test::relative_error(
+            MatrixMap(y.data(), 8, 4),
+            ((cache.input * cache.weight.transpose()).array() + 0.5f).matrix()) < 1e-6);
+  CHECK(db[0] == Approx(0.08f));  // full-precision column sum of dy
+  CHECK(MatrixMap(dw.data(), 4, 16).allFinite());
+  CHECK(MatrixMap(dx.data(), 8, 16).norm() > 0);
+}
+
+TEST_CASE("Conv2d forward and backward match a direct loop convolution", "[nn][conv]") {
+  const auto seed = static_cast<std::uint64_t>(GENERATE(range(0, 24)));
+  const nn::Conv2dGeometry g = random_geometry(seed);
+  CAPTURE(seed, g.in_channels, g.in_height, g.in_width, g.out_channels, g.kernel_height,
+          g.kernel_width, g.stride_height, g.stride_width, g.padding_height, g.padding_width);
+  const Index n = 1 + static_cast<Index>(seed % 5);  // includes batches that are not a chunk
+  const Matrix<double> x = nn_test::random_matrix(n, g.input_size(), 100 + seed);
+  const Matrix<double> w = nn_test::random_matrix(g.out_channels, g.patch_size(), 200 + seed);
+  const Vector<double> b = nn_test::random_matrix(g.out_channels, 1, 300 + seed);
+  const Matrix<double> gy = nn_test::random_matrix(n, g.output_size(), 400 + seed);
+
+  nn::Conv2dCache<double> cache;
+  Matrix<double> y(n, g.output_size());
+  nn::conv2d_forward(x, w, b, g, exact_policy(), cache, y);
+  CHECK(nn_test::relative_error(y, naive_conv(x, w, b, g)) < 1e-13);
+
+  Matrix<double> gx(n, g.input_size()), gw = Matrix<double>::Zero(w.rows(), w.cols());
+  Vector<double> gb = Vector<double>::Zero(g.out_channels);
+  nn::conv2d_backward(gy, cache, kStreams, gx, gw, gb);
+  Matrix<double> ex, ew;
+  Vector<double> eb;
+  naive_conv_backward(x, w, gy, g, ex, ew, eb);
+  CHECK(nn_test::relative_error(gx, ex) < 1e-13);
+  CHECK(nn_test::relative_error(gw, ew) < 1e-13);
+  CHECK(nn_test::relative_error(gb, eb) < 1e-13);
+}
+
+TEST_CASE("Conv2d gradients in Exact mode match finite differences", "[nn][conv][gradcheck]") {
+  nn::Conv2dGeometry g(2, 5, 4, 3, 3, 2, 1);
+  g.kernel_width = 2;  // a rectangular kernel
+  Matrix<double> x = nn_test::random_matrix(3, g.input_size(), 30);
+  Matrix<double> w = nn_test::random_matrix(g.out_channels, g.patch_size(), 31);
+  Matrix<double> bm = nn_test::random_matrix(g.out_channels, 1, 32);
+  const Matrix<double> r = nn_test::random_matrix(3, g.output_size(), 33);
+  nn::Conv2dCache<double> cache;
+  auto loss = [&] {
+    Matrix<double> y(3, g.output_size());
+    nn::conv2d_forward(x, w, Vector<double>(bm), g, exact_policy(), cache, y);
+    return r.cwiseProduct(y).sum();
+  };
+  loss();
+  Matrix<double> gx(3, g.input_size()), gw = Matrix<double>::Zero(w.rows(), w.cols());
+  Vector<double> gb = Vector<double>::Zero(g.out_channels);
+  nn::conv2d_backward(r, cache, kStreams, gx, gw, gb);
+  CHECK(nn_test::relative_error(gx, nn_test::numerical_gradient(loss, x)) < 1e-8);
+  CHECK(nn_test::relative_error(gw, nn_test::numerical_gradient(loss, w)) < 1e-8);
+  CHECK(nn_test::relative_error(gb, nn_test::numerical_gradient(loss, bm)) < 1e-8);
+}
+
+TEST_CASE("QAT gradients equal Exact gradients at the quantized forward values", "[nn][qat]") {
+  SECTION("linear") {
+    const Matrix<float> x = nn_test::random_matrix<float>(9, 12, 40);
+    const Matrix<float> w = nn_test::random_matrix<float>(5, 12, 41);
+    const Matrix<float> g = nn_test::random_matrix<float>(9, 5, 42);
+    const Vector<float> b = nn_test::random_matrix<float>(5, 1, 43);
+    nn::LinearCache<float> qat, exact;
+    Matrix<float> yq(9, 5), ye(9, 5);
+    nn::linear_forward(x, w, b, qat_policy(), qat, yq);
+    // Q_f really changed the operands, and the forward is the Exact forward at Q_f(X), Q_f(W).
+    CHECK(qat.input != x);
+    CHECK(qat.weight != w);
+    const Matrix<float> xq = qat.input, wq = qat.weight;
+    nn::linear_forward(xq, wq, b, exact_policy(), exact, ye);
+    CHECK(yq == ye);
+    Matrix<float> gxq(9, 12), gxe(9, 12), gwq = Matrix<float>::Zero(5, 12),
+                                          gwe = Matrix<float>::Zero(5, 12);
+    Vector<float> gbq = Vector<float>::Zero(5), gbe = Vector<float>::Zero(5);
+    nn::linear_backward(g, qat, kStreams, gxq, gwq, gbq);
+    nn::linear_backward(g, exact, kStreams, gxe, gwe, gbe);
+    CHECK(gxq == gxe);
+    CHECK(gwq == gwe);
+    CHECK(gbq == gbe);
+  }
+  SECTION("conv2d") {
+    const nn::Conv2dGeometry geo(3, 6, 6, 4, 3, 1, 1);
+    const Matrix<float> x = nn_test::random_matrix<float>(5, geo.input_size(), 50);
+    const Matrix<float> w = nn_test::random_matrix<float>(4, geo.patch_size(), 51);
+    const Matrix<float> g = nn_test::random_matrix<float>(5, geo.output_size(), 52);
+    nn::Conv2dCache<float> qat, exact;
+    Matrix<float> yq(5, geo.output_size()), ye(5, geo.output_size());
+    nn::conv2d_forward(x, w, Vector<float>(), geo, qat_policy(), qat, yq);
+    const Matrix<float> xq = qat.input, wq = qat.weight;
+    CHECK(xq != x);
+    nn::conv2d_forward(xq, wq, Vector<float>(), geo, exact_policy(), exact, ye);
+    CHECK(yq == ye);
+    Matrix<float> gxq(5, geo.input_size()), gxe(5, geo.input_size());
+    Matrix<float> gwq = Matrix<float>::Zero(4, geo.patch_size()), gwe = gwq;
+    Vector<float> none;
+    nn::conv2d_backward(g, qat, kStreams, gxq, gwq, none);
+    nn::conv2d_backward(g, exact, kStreams, gxe, gwe, none);
+    CHECK(gxq == gxe);
+    CHECK(gwq == gwe);
+  }
+}
+
+TEST_CASE("FQT backward quantizes the output gradient twice with independent streams",
+          "[nn][fqt]") {
+  const Matrix<float> x = nn_test::random_matrix<float>(16, 10, 60);
+  const Matrix<float> w = nn_test::random_matrix<float>(6, 10, 61);
+  const Matrix<float> g = nn_test::random_matrix<float>(16, 6, 62);
+  nn::QuantPolicy policy;
+  policy.grad_input_bits = 3;
+  policy.grad_weight_bits = 3;
+  nn::LinearCache<float> cache;
+  Matrix<float> y(16, 6);
+  nn::linear_forward(x, w, Vector<float>(), policy, cache, y);
+
+  auto run = [&](const nn::GradientStreams& s, Matrix<float>& gx, Matrix<float>& gw,
+                 Vector<float>& gb) {
+    gx.resize(16, 10);
+    gw = Matrix<float>::Zero(6, 10);
+    gb = Vector<float>::Zero(6);
+    nn::linear_backward(g, cache, s, gx, gw, gb);
+  };
+  const auto base = nn::gradient_streams(Philox(5), 7, 2);
+  Matrix<float> gx0, gw0, gx1, gw1, gx2, gw2;
+  Vector<float> gb0, gb1, gb2;
+  run(base, gx0, gw0, gb0);
+  // The grad-input result depends only on the grad-input stream, and vice versa.
+  run({base.grad_input, Philox(5, 12345)}, gx1, gw1, gb1);
+  CHECK(gx1 == gx0);
+  CHECK(gw1 != gw0);
+  run({Philox(5, 12345), base.grad_weight}, gx2, gw2, gb2);
+  CHECK(gx2 != gx0);
+  CHECK(gw2 == gw0);
+  // The quantized gradient used for grad-input is not the one used for grad-weight.
+  CHECK(cache.grad_for_input != cache.grad_for_weight);
+  // Both differ from the QAT gradients, and the bias gradient is full precision.
+  CHECK(nn_test::relative_error(gx0, g * cache.weight) > 1e-4);
+  CHECK(nn_test::relative_error(gw0, g.transpose() * cache.input) > 1e-4);
+  CHECK(nn_test::relative_error(gb0, g.colwise().sum().transpose()) < 1e-6);
+  // Streams of different (step, layer, role) differ; the same triple gives the same stream.
+  CHECK(base.grad_input.stream() != base.grad_weight.stream());
+  CHECK(nn::gradient_streams(Philox(5), 7, 2).grad_input.stream() == base.grad_input.stream());
+  CHECK(nn::gradient_streams(Philox(5), 8, 2).grad_input.stream() != base.grad_input.stream());
+  CHECK(nn::gradient_streams(Philox(5), 7, 3).grad_input.stream() != base.grad_input.stream());
+}
+
+TEST_CASE("A reused cache does not reallocate in the steady state", "[nn][linear][conv]") {
+  nn::QuantPolicy policy;
+  const Matrix<float> x = nn_test::random_matrix<float>(8, 12, 70);
+  const Matrix<float> w = nn_test::random_matrix<float>(5, 12, 71);
+  const Matrix<float> g = nn_test::random_matrix<float>(8, 5, 72);
+  nn::LinearCache<float> cache;
+  Matrix<float> y(8, 5), gx(8, 12), gw = Matrix<float>::Zero(5, 12);
+  Vector<float> gb = Vector<float>::Zero(5);
+  nn::linear_forward(x, w, Vector<float>(), policy, cache, y);
+  nn::linear_backward(g, cache, kStreams, gx, gw, gb);
+  const float* pointers[] = {cache.input.data(), cache.weight.data(), cache.grad_for_input.data(),
+                             cache.grad_for_weight.data()};
+  nn::linear_forward(x, w, Vector<float>(), policy, cache, y);
+  nn::linear_backward(g, cache, kStreams, gx, gw, gb);
+  CHECK(pointers[0] == cache.input.data());
+  CHECK(pointers[1] == cache.weight.data());
+  CHECK(pointers[2] == cache.grad_for_input.data());
+  CHECK(pointers[3] == cache.grad_for_weight.data());
+
+  const nn::Conv2dGeometry geo(2, 5, 5, 3, 3, 1, 1);
+  const Matrix<float> cx = nn_test::random_matrix<float>(6, geo.input_size(), 73);
+  const Matrix<float> cw = nn_test::random_matrix<float>(3, geo.patch_size(), 74);
+  const Matrix<float> cg = nn_test::random_matrix<float>(6, geo.output_size(), 75);
+  nn::Conv2dCache<float> cc;
+  Matrix<float> cy(6, geo.output_size()), cgx(6, geo.input_size()),
+      cgw = Matrix<float>::Zero(3, geo.patch_size());
+  Vector<float> cgb = Vector<float>::Zero(3);
+  nn::conv2d_forward(cx, cw, Vector<float>(), geo, policy, cc, cy);
+  nn::conv2d_backward(cg, cc, kStreams, cgx, cgw, cgb);
+  const float* conv_pointers[] = {cc.columns.data(), cc.input.data(), cc.weight.data(),
+                                  cc.chunk_columns[0].data(), cc.chunk_grad_weight[1].data()};
+  nn::conv2d_forward(cx, cw, Vector<float>(), geo, policy, cc, cy);
+  nn::conv2d_backward(cg, cc, kStreams, cgx, cgw, cgb);
+  CHECK(conv_pointers[0] == cc.columns.data());
+  CHECK(conv_pointers[1] == cc.input.data());
+  CHECK(conv_pointers[2] == cc.weight.data());
+  CHECK(conv_pointers[3] == cc.chunk_columns[0].data());
+  CHECK(conv_pointers[4] == cc.chunk_grad_weight[1].data());
+}
+
+TEST_CASE("FQT functional ops give bit-identical results with 1 and 2 threads",
+          "[nn][fqt][threads]") {
+  const int saved = fqt::num_threads();
+  nn::QuantPolicy policy;
+  policy.grad_input_bits = 4;
+  const Matrix<float> x = nn_test::random_matrix<float>(64, 300, 80);
+  const Matrix<float> w = nn_test::random_matrix<float>(200, 300, 81);
+  const Matrix<float> g = nn_test::random_matrix<float>(64, 200, 82);
+  const nn::Conv2dGeometry geo(8, 12, 12, 16, 3, 1, 1);
+  const Matrix<float> cx = nn_test::random_matrix<float>(24, geo.input_size(), 83);
+  const Matrix<float> cw = nn_test::random_matrix<float>(16, geo.patch_size(), 84);
+  const Matrix<float> cg = nn_test::random_matrix<float>(24, geo.output_size(), 85);
+  auto run = [&](int threads) {
+    fqt::set_num_threads(threads);
+    std::vector<Matrix<float>> out;
+    nn::LinearCache<float> cache;
+    Matrix<float> y(64, 200), gx(64, 300), gw = Matrix<float>::Zero(200, 300);
+    Vector<float> gb = Vector<float>::Zero(200);
+    nn::linear_forward(x, w, Vector<float>(), policy, cache, y);
+    nn::linear_backward(g, cache, kStreams, gx, gw, gb);
+    out.insert(out.end(), {y, gx, gw});
+    nn::Conv2dCache<float> cc;
+    Matrix<float> cy(24, geo.output_size()), cgx(24, geo.input_size()),
+        cgw = Matrix<float>::Zero(16, geo.patch_size());
+    Vector<float> cgb = Vector<float>::Zero(16);
+    nn::conv2d_forward(cx, cw, Vector<float>(), geo, policy, cc, cy);
+    nn::conv2d_backward(cg, cc, kStreams, cgx, cgw, cgb);
+    out.insert(out.end(), {cy, cgx, cgw});
+    return out;
+  };
+  const auto one = run(1);
+  const auto two = run(2);
+  fqt::set_num_threads(saved);
+  for (std::size_t i = 0; i < one.size(); ++i) {
+    CAPTURE(i);
+    CHECK(one[i] == two[i]);
+  }
+}
+
+TEST_CASE("ReLU, MaxPool2d and BatchNorm2d gradients match finite differences", "[nn][gradcheck]") {
+  SECTION("relu") {
+    Matrix<double> x = nn_test::random_matrix(4, 6, 90);
+    x = x.unaryExpr([](double v) { return std::abs(v) < 0.05 ? v + 0.2 : v; });  // no kinks
+    const Matrix<double> r = nn_test::random_matrix(4, 6, 91);
+    auto loss = [&] {
+      Matrix<double> y(4, 6);
+      nn::relu_forward(x, y);
+      return r.cwiseProduct(y).sum();
+    };
+    Matrix<double> y(4, 6), gx(4, 6);
+    nn::relu_forward(x, y);
+    nn::relu_backward(y, r, gx);
+    CHECK(nn_test::relative_error(gx, nn_test::numerical_gradient(loss, x)) < 1e-8);
+  }
+  SECTION("max_pool2d with stride, padding and overlapping windows") {
+    const auto [kernel, stride, padding] =
+        GENERATE(std::make_tuple(2, 2, 0), std::make_tuple(3, 2, 1), std::make_tuple(3, 1, 1));
+    const nn::Pool2dGeometry g(2, 5, 6, kernel, stride, padding);
+    // Distinct, well-separated values: no ties, so the max is differentiable.
+    Matrix<double> x(3, g.input_size());
+    for (Index k = 0; k < x.size(); ++k) {
+      x.data()[k] = 0.1 * static_cast<double>((k * 37) % x.size());
+    }
+    const Matrix<double> r = nn_test::random_matrix(3, g.output_size(), 92);
+    nn::MaxPool2dCache<double> cache;
+    auto loss = [&] {
+      Matrix<double> y(3, g.output_size());
+      nn::max_pool2d_forward(x, g, cache, y);
+      return r.cwiseProduct(y).sum();
+    };
+    loss();
+    Matrix<double> gx(3, g.input_size());
+    nn::max_pool2d_backward(r, cache, gx);
+    CHECK(nn_test::relative_error(gx, nn_test::numerical_gradient(loss, x, 1e-4)) < 1e-8);
+  }
+  SECTION("batch_norm2d with batch statistics and with running statistics") {
+    const bool batch_statistics = GENERATE(true, false);
+    Matrix<double> x = nn_test::random_matrix(4, 3 * 6, 93, 2.0);
+    Matrix<double> gamma = nn_test::random_matrix(3, 1, 94);
+    Matrix<double> beta = nn_test::random_matrix(3, 1, 95);
+    const Matrix<double> r = nn_test::random_matrix(4, 18, 96);
+    Vector<double> mean = Vector<double>::Constant(3, 0.3), var = Vector<double>::Constant(3, 1.7);
+    nn::BatchNorm2dCache<double> cache;
+    auto loss = [&] {
+      Matrix<double> y(4, 18);
+      nn::batch_norm2d_forward(x, 3, Vector<double>(gamma), Vector<double>(beta), mean, var, 0.1,
+                               1e-5, batch_statistics, false, cache, y);
+      return r.cwiseProduct(y).sum();
+    };
+    loss();
+    Matrix<double> gx(4, 18);
+    Vector<double> gg = Vector<double>::Zero(3), gbeta = Vector<double>::Zero(3);
+    nn::batch_norm2d_backward(r, Vector<double>(gamma), cache, gx, gg, gbeta);
+    CHECK(nn_test::relative_error(gx, nn_test::numerical_gradient(loss, x)) < 1e-7);
+    CHECK(nn_test::relative_error(gg, nn_test::numerical_gradient(loss, gamma)) < 1e-7);
+    CHECK(nn_test::relative_error(gbeta, nn_test::numerical_gradient(loss, beta)) < 1e-7);
+  }
+}
+
+TEST_CASE("BatchNorm2d normalises per channel and updates running statistics", "[nn][bn]") {
+  const Matrix<double> x = nn_test::random_matrix(8, 2 * 9, 97, 3.0).array() + 5.0;
+  Vector<double> gamma = Vector<double>::Ones(2), beta = Vector<double>::Zero(2);
+  Vector<double> mean = Vector<double>::Zero(2), var = Vector<double>::Ones(2);
+  nn::BatchNorm2dCache<double> cache;
+  Matrix<double> y(8, 18);
+  nn::batch_norm2d_forward(x, 2, gamma, beta, mean, var, 0.25, 1e-5, true, true, cache, y);
+  for (Index c = 0; c < 2; ++c) {
+    Eigen::ArrayXd xs(72), ys(72);
+    for (Index s = 0; s < 8; ++s) {
+      xs.segment(s * 9, 9) = x.row(s).segment(c * 9, 9).transpose().array();
+      ys.segment(s * 9, 9) = y.row(s).segment(c * 9, 9).transpose().array();
+    }
+    CHECK(std::abs(ys.mean()) < 1e-12);
+    CHECK(std::abs((ys * ys).mean() - 1) < 1e-5);
+    const double unbiased = (xs - xs.mean()).square().sum() / 71;
+    CHECK(mean(c) == Approx(0.25 * xs.mean()).epsilon(1e-12));
+    CHECK(var(c) == Approx(0.75 + 0.25 * unbiased).epsilon(1e-12));
+  }
+}
+
+TEST_CASE("Functional ops reject bad shapes with messages naming function, argument and value",
+          "[nn][errors]") {
+  nn::LinearCache<float> cache;
+  const Matrix<float> x = Matrix<float>::Ones(4, 5), w = Matrix<float>::Ones(3, 6);
+  Matrix<float> y(4, 3);
+  CHECK_THROWS_WITH(
+      nn::linear_forward(x, w, Vector<float>(), exact_policy(), cache, y),
+      Contains("nn::linear_forward") && Contains("input has 5 features") && Contains("expects 6"));
+  const Matrix<float> w5 = Matrix<float>::Ones(3, 5);
+  CHECK_THROWS_WITH(nn::linear_forward(x, w5, Vector<float>::Ones(4), exact_policy(), cache, y),
+                    Contains("bias has size 4"));
+  Matrix<float> wrong_y(4, 2);
+  CHECK_THROWS_AS(nn::linear_forward(x, w5, Vector<float>(), exact_policy(), cache, wrong_y),
+                  std::invalid_argument);
+  nn::QuantPolicy bad_bits;
+  bad_bits.grad_input_bits = 9;
+  CHECK_THROWS_WITH(nn::linear_forward(x, w5, Vector<float>(), bad_bits, cache, y),
+                    Contains("grad_input_bits") && Contains("9"));
+
+  nn::Conv2dCache<float> cc;
+  const nn::Conv2dGeometry geo(3, 4, 4, 2, 3, 1, 0);
+  Matrix<float> cy(2, geo.output_size());
+  CHECK_THROWS_WITH(
+      nn::conv2d_forward(Matrix<float>::Ones(2, 2 * 16), Matrix<float>::Ones(2, 27),
+                         Vector<float>(), geo, exact_policy(), cc, cy),
+      Contains("nn::conv2d_forward") && Contains("input has 32 columns") && Contains("48"));
+  CHECK_THROWS_WITH(nn::conv2d_forward(Matrix<float>::Ones(2, 48), Matrix<float>::Ones(2, 18),
+                                       Vector<float>(), geo, exact_policy(), cc, cy),
+                    Contains("weight must be") && Contains("2 x 27"));
+  const nn::Conv2dGeometry too_big(1, 2, 2, 1, 5, 1, 1);
+  Matrix<float> big_y(1, 1);
+  CHECK_THROWS_WITH(nn::conv2d_forward(Matrix<float>::Ones(1, 4), Matrix<float>::Ones(1, 25),
+                                       Vector<float>(), too_big, exact_policy(), cc, big_y),
+                    Contains("kernel_height 5 is larger than the padded input height 4"));
+  nn::Pool2dGeometry pool(1, 2, 2, 3, 1, 0);
+  nn::MaxPool2dCache<float> pc;
+  Matrix<float> py(1, 1);
+  CHECK_THROWS_WITH(nn::max_pool2d_forward(Matrix<float>::Ones(1, 4), pool, pc, py),
+                    Contains("larger than the padded input"));
+}
+
+TEST_CASE("NaN or infinity in a gradient or input is a domain_error naming the element",
+          "[nn][errors]") {
+  const Matrix<float> x = nn_test::random_matrix<float>(4, 5, 1);
+  const Matrix<float> w = nn_test::random_matrix<float>(3, 5, 2);
+  const auto mode = GENERATE(nn::Mode::Exact, nn::Mode::QAT, nn::Mode::FQT);
+  const auto policy = nn::QuantPolicy::with_mode(mode);
+  nn::LinearCache<float> cache;
+  Matrix<float> y(4, 3), gx(4, 5), gw = Matrix<float>::Zero(3, 5);
+  Vector<float> gb = Vector<float>::Zero(3);
+  nn::linear_forward(x, w, Vector<float>(), policy, cache, y);
+  Matrix<float> g = Matrix<float>::Ones(4, 3);
+  g(2, 1) = std::numeric_limits<float>::quiet_NaN();
+  CHECK_THROWS_AS(nn::linear_backward(g, cache, kStreams, gx, gw, gb), std::domain_error);
+  CHECK_THROWS_WITH(nn::linear_backward(g, cache, kStreams, gx, gw, gb),
+                    Contains("nn::linear_backward") && Contains("grad_output") &&
+                        Contains("(2, 1)") && Contains("nan"));
+  CHECK(gw.isZero());  // nothing was written
+  g(2, 1) = std::numeric_limits<float>::infinity();
+  CHECK_THROWS_AS(nn::linear_backward(g, cache, kStreams, gx, gw, gb), std::domain_error);
+  Matrix<float> bad_x = x;
+  bad_x(0, 0) = -std::numeric_limits<float>::infinity();
+  CHECK_THROWS_WITH(nn::linear_forward(bad_x, w, Vector<float>(), policy, cache, y),
+                    Contains("input element (0, 0)"));
+
+  const nn::Conv2dGeometry geo(1, 3, 3, 1, 2);
+  nn::Conv2dCache<float> cc;
+  Matrix<float> cy(1, geo.output_size()), cgx(1, 9), cgw = Matrix<float>::Zero(1, 4);
+  nn::conv2d_forward(Matrix<float>::Ones(1, 9), Matrix<float>::Ones(1, 4), Vector<float>(), geo,
+                     policy, cc, cy);
+  Matrix<float> cg = Matrix<float>::Ones(1, geo.output_size());
+  cg(0, 3) = std::numeric_limits<float>::quiet_NaN();
+  Vector<float> none;
+  CHECK_THROWS_WITH(nn::conv2d_backward(cg, cc, kStreams, cgx, cgw, none),
+                    Contains("nn::conv2d_backward") && Contains("grad_output"));
+}

@@ -1,0 +1,147 @@
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <limits>
+
+#include "fqt/nn.hpp"
+#include "support/nn_gradcheck.hpp"
+#include "support/nn_models.hpp"
+
+using fqt::Index;
+using fqt::Matrix;
+using fqt::Philox;
+namespace nn = fqt::nn;
+using Catch::Matchers::Contains;
+
+TEST_CASE("Layers reject inputs of the wrong shape naming the layer and the values",
+          "[nn][layers][errors]") {
+  nn::Tape<float> tape;
+  nn::Context ctx;
+  nn::Linear<float> linear(4, 2, Philox(1));
+  CHECK_THROWS_WITH(linear.forward(tape, nn::Variable<float>(Matrix<float>::Ones(3, 5)), ctx),
+                    Contains("nn::Linear::forward") && Contains("input has 5 features") &&
+                        Contains("in_features = 4"));
+  nn::Conv2d<float> conv(3, 2, 3, 1, 0, Philox(2));
+  CHECK_THROWS_WITH(
+      conv.forward(tape, nn::Variable<float>(Matrix<float>::Ones(1, 2 * 16), {2, 4, 4}), ctx),
+      Contains("nn::Conv2d::forward") && Contains("input has 2 channels") &&
+          Contains("in_channels = 3"));
+  CHECK_THROWS_WITH(
+      conv.forward(tape, nn::Variable<float>(Matrix<float>::Ones(1, 3 * 4), {3, 2, 2}), ctx),
+      Contains("kernel_height 3 is larger than the padded input height 2"));
+  nn::BatchNorm2d<float> bn(4);
+  CHECK_THROWS_WITH(
+      bn.forward(tape, nn::Variable<float>(Matrix<float>::Ones(2, 3 * 4), {3, 2, 2}), ctx),
+      Contains("nn::BatchNorm2d::forward") && Contains("3 channels"));
+  CHECK_THROWS_AS(nn::Linear<float>(0, 2, Philox(1)), std::invalid_argument);
+  CHECK(tape.size() == 0);
+}
+
+TEST_CASE("Kaiming initialisation is seeded, per layer, with variance 2 / fan_in",
+          "[nn][layers][init]") {
+  nn::Linear<double> a(400, 300, Philox(9)), b(400, 300, Philox(9)), c(400, 300, Philox(10));
+  CHECK(a.weight().value() == b.weight().value());
+  CHECK(a.weight().value() != c.weight().value());
+  const auto& w = a.weight().value();
+  const double mean = w.mean();
+  const double var = (w.array() - mean).square().mean();
+  // 120000 draws: the sample variance is within 1% of 2/400 (its relative s.d. is 0.4%).
+  CHECK(std::abs(mean) < 5 * std::sqrt(2.0 / 400 / 120000));
+  CHECK(var == Approx(2.0 / 400).epsilon(0.02));
+  CHECK(a.bias().value().isZero());
+  nn::Conv2d<double> conv(8, 16, 3, 1, 1, Philox(11));
+  const double conv_var = conv.weight().value().array().square().mean();
+  CHECK(conv_var == Approx(2.0 / 72).epsilon(0.1));
+
+  auto m1 = nn_test::small_model();
+  auto m2 = nn_test::small_model();
+  m2.reset_parameters(Philox(123));
+  m1.reset_parameters(Philox(123));
+  const auto p1 = m1.parameters(), p2 = m2.parameters();
+  for (std::size_t i = 0; i < p1.size(); ++i)
+    CHECK(p1[i].variable.value() == p2[i].variable.value());
+}
+
+TEST_CASE("Sequential numbers its layers and names its parameters", "[nn][layers]") {
+  auto model = nn_test::small_model();
+  CHECK(model.size() == 10);
+  for (Index i = 0; i < model.size(); ++i)
+    CHECK(model[i].layer_id() == static_cast<std::uint64_t>(i));
+  const auto params = model.parameters();
+  CHECK(params[0].name == "0.weight");
+  CHECK(params[1].name == "0.bias");
+  CHECK(params[2].name == "1.weight");
+  CHECK(params.back().name == "9.bias");
+  CHECK(params[0].weight_decay);
+  CHECK_FALSE(params[1].weight_decay);
+  CHECK_FALSE(params[2].weight_decay);
+
+  nn::Sequential<double> outer;
+  outer.emplace<nn::ReLU<double>>();
+  auto inner = std::make_unique<nn::Sequential<double>>();
+  inner->emplace<nn::ReLU<double>>();
+  inner->emplace<nn::ReLU<double>>();
+  outer.add(std::move(inner));
+  outer.emplace<nn::ReLU<double>>();
+  CHECK(outer[0].layer_id() == 0);
+  CHECK(outer[2].layer_id() == 3);
+  CHECK_THROWS_WITH(outer[3], Contains("index 3 out of range"));
+}
+
+TEST_CASE("A per-layer policy overrides the model policy", "[nn][layers][policy]") {
+  // FQT model whose layers are all overridden to QAT gives exactly the QAT gradients.
+  auto build = [] {
+    nn::Sequential<float> m;
+    m.emplace<nn::Linear<float>>(6, 8, Philox(1));
+    m.emplace<nn::ReLU<float>>();
+    m.emplace<nn::Linear<float>>(8, 3, Philox(2));
+    return m;
+  };
+  const Matrix<float> x = nn_test::random_matrix<float>(10, 6, 70);
+  const std::vector<int> labels = nn_test::random_labels(10, 3, 71);
+  auto grads = [&](nn::Sequential<float>& m, const nn::QuantPolicy& policy) {
+    nn::Context ctx;
+    ctx.policy = policy;
+    ctx.rng = Philox(4);
+    nn::Tape<float> tape;
+    for (auto& p : m.parameters()) p.variable.zero_grad();
+    tape.backward(
+        nn::softmax_cross_entropy(tape, m.forward(tape, nn::Variable<float>(x), ctx), labels));
+    std::vector<Matrix<float>> g;
+    for (auto& p : m.parameters()) g.push_back(p.variable.grad());
+    return g;
+  };
+  auto fqt_model = build();
+  auto qat_model = build();
+  nn::QuantPolicy fqt4;
+  fqt4.grad_input_bits = 2;
+  fqt4.grad_weight_bits = 2;
+  const auto qat_grads = grads(qat_model, nn::QuantPolicy::with_mode(nn::Mode::QAT));
+  const auto fqt_grads = grads(fqt_model, fqt4);
+  CHECK(fqt_grads[0] != qat_grads[0]);
+  fqt_model[0].set_policy(nn::QuantPolicy::with_mode(nn::Mode::QAT));
+  fqt_model[2].set_policy(nn::QuantPolicy::with_mode(nn::Mode::QAT));
+  const auto overridden = grads(fqt_model, fqt4);
+  for (std::size_t i = 0; i < overridden.size(); ++i) CHECK(overridden[i] == qat_grads[i]);
+  // An override on the Sequential itself applies to layers without their own.
+  fqt_model[0].clear_policy();
+  fqt_model.set_policy(nn::QuantPolicy::with_mode(nn::Mode::QAT));
+  const auto from_sequential = grads(fqt_model, fqt4);
+  for (std::size_t i = 0; i < overridden.size(); ++i) CHECK(from_sequential[i] == qat_grads[i]);
+  nn::QuantPolicy bad;
+  bad.weight_bits = 0;
+  CHECK_THROWS_WITH(fqt_model[0].set_policy(bad), Contains("weight_bits") && Contains("0"));
+}
+
+TEST_CASE("BatchNorm2d uses running statistics outside training", "[nn][layers][bn]") {
+  nn::BatchNorm2d<double> bn(2, 0.5);
+  const Matrix<double> x = nn_test::random_matrix(6, 2 * 4, 80, 2.0).array() + 3.0;
+  nn::Context ctx;
+  nn::Tape<double> tape;
+  bn.forward(tape, nn::Variable<double>(x, {2, 2, 2}), ctx);
+  const auto mean = bn.running_mean(), var = bn.running_var();
+  CHECK(mean.minCoeff() > 1.0);
+  ctx.training = false;
+  const auto y = bn.forward(tape, nn::Variable<double>(x, {2, 2, 2}), ctx);
+  CHECK(bn.running_mean() == mean);  // not updated in evaluation
+  CHECK(y.value()(0, 0) == Approx((x(0, 0) - mean(0)) / std::sqrt(var(0) + 1e-5)));
+}

@@ -1,0 +1,267 @@
+#include "fqt/stats/profile.hpp"
+
+#include <algorithm>
+#include <catch2/catch.hpp>
+#include <cmath>
+#include <cstdlib>
+#include <iostream>
+
+#include "fqt/nn.hpp"
+#include "support/nn_gradcheck.hpp"
+
+using fqt::Index;
+using fqt::Matrix;
+using fqt::Philox;
+namespace nn = fqt::nn;
+namespace stats = fqt::stats;
+
+namespace {
+
+constexpr Index kBatch = 16;
+
+// The measured figures are printed when FQT_TEST_VERBOSE is set.
+std::ostream& report() {
+  static std::ostream null(nullptr);
+  return std::getenv("FQT_TEST_VERBOSE") ? std::cout : null;
+}
+
+// The small conv+linear model of the Theorem tests (double precision):
+// Conv(2→4, 3×3, pad 1) → ReLU → Conv(4→4, 3×3, stride 2, pad 1) → ReLU → Flatten → Linear(64→5).
+nn::Sequential<double> conv_linear_model() {
+  nn::Sequential<double> m;
+  const Philox init(31);
+  m.emplace<nn::Conv2d<double>>(2, 4, 3, 1, 1, init.substream(0));
+  m.emplace<nn::ReLU<double>>();
+  m.emplace<nn::Conv2d<double>>(4, 4, 3, 2, 1, init.substream(1));
+  m.emplace<nn::ReLU<double>>();
+  m.emplace<nn::Flatten<double>>();
+  m.emplace<nn::Linear<double>>(64, 5, init.substream(2));
+  return m;
+}
+
+stats::Batch<double> random_batch(std::uint64_t seed) {
+  return {nn_test::random_matrix(kBatch, 2 * 8 * 8, seed), nn::FeatureShape{2, 8, 8},
+          nn_test::random_labels(kBatch, 5, seed)};
+}
+
+nn::QuantPolicy fqt_policy(nn::GradInputQuantizer q, int bits) {
+  nn::QuantPolicy p;
+  p.grad_input_quantizer = q;
+  p.grad_input_bits = bits;
+  p.grad_weight_bits = bits;
+  return p;
+}
+
+stats::ProfileOptions options(int passes, std::uint64_t seed) {
+  stats::ProfileOptions o;
+  o.fqt_passes = passes;
+  o.rng = Philox(seed);
+  return o;
+}
+
+// Σ of the quantization variance over the tensors of the two convolutions (layers 0 and 2): the
+// gradients that the grad-input quantizer's noise reaches.
+double conv_quantization_variance(const stats::GradientProfile& p) {
+  double v = 0;
+  for (const auto& t : p.tensors) {
+    if (t.name.rfind("0.", 0) == 0 || t.name.rfind("2.", 0) == 0) v += t.quantization_variance;
+  }
+  return v;
+}
+
+}  // namespace
+
+TEST_CASE("Theorem 1: the mean FQT gradient equals the QAT gradient within 6 standard errors",
+          "[stats][profile][statistical]") {
+  const auto quantizer =
+      GENERATE(nn::GradInputQuantizer::PerTensor, nn::GradInputQuantizer::PerSample,
+               nn::GradInputQuantizer::BlockHouseholder);
+  const char* name = nn::to_string(quantizer);
+  CAPTURE(name);
+  auto model = conv_linear_model();
+  const auto batch = random_batch(1);
+  constexpr int kPasses = 1000;
+  const auto policy = fqt_policy(quantizer, 4);
+  const auto profile = stats::profile_gradients(model, batch, {}, policy, options(kPasses, 2));
+  REQUIRE(profile.tensors.size() == 6);
+  for (const auto& t : profile.tensors) {
+    CAPTURE(t.name, t.max_abs_z, t.mean_z_squared, t.bias_in_standard_errors, t.noisy_elements);
+    report() << "theorem1 " << name << " " << t.name << ": max|z| " << t.max_abs_z << ", mean z^2 "
+             << t.mean_z_squared << ", bias/se " << t.bias_in_standard_errors << " ("
+             << t.noisy_elements << " noisy elements)\n";
+    CHECK(t.consistent_with_unbiased(6.0));
+    if (t.name == "5.bias") {
+      CHECK(t.quantization_variance == 0);  // the bias gradient stays full precision
+      CHECK(t.bias_norm == 0);
+    } else {
+      CHECK(t.quantization_variance > 0);
+    }
+    // z² averages to (K − 1)/(K − 3) ≈ 1 for an unbiased estimator (t distribution).
+    if (t.noisy_elements >= 20) {
+      CHECK(t.mean_z_squared > 0.5);
+      CHECK(t.mean_z_squared < 2.0);
+    }
+  }
+  CHECK(profile.consistent_with_unbiased());
+
+  SECTION("round-to-nearest gradients are biased and the check detects it") {
+    auto nearest = policy;
+    nearest.gradient_rounding = nn::GradientRounding::Nearest;
+    const auto biased = stats::profile_gradients(model, batch, {}, nearest, options(8, 3));
+    CHECK_FALSE(biased.consistent_with_unbiased());
+    for (std::size_t i = 0; i < profile.tensors.size(); ++i) {
+      const auto& s = profile.tensors[i];
+      const auto& b = biased.tensors[i];
+      CHECK(b.quantization_variance == 0);  // deterministic
+      if (s.quantization_variance == 0) continue;
+      // The bias measured in the stochastic estimator's standard errors, element by element.
+      double max_z = 0;
+      for (Index j = 0; j < s.fqt_variance.size(); ++j) {
+        const double var = s.fqt_variance.data()[j];
+        if (!(var > 0)) continue;
+        const double bias = b.fqt_mean.data()[j] - b.qat_gradient.data()[j];
+        max_z = std::max(max_z, std::abs(bias) / std::sqrt(var / kPasses));
+      }
+      CAPTURE(b.name, max_z, b.bias_norm, s.bias_standard_error);
+      report() << "theorem1 nearest " << name << " " << b.name << ": max|bias|/se " << max_z
+               << ", |bias| / se(mean) " << b.bias_norm / s.bias_standard_error << "\n";
+      // Weight tensors (many noisy elements) must show it; the 4-element conv biases are reported.
+      if (s.noisy_elements >= 20) {
+        CHECK(max_z > 6.0);
+        CHECK(b.bias_norm > 6.0 * s.bias_standard_error);
+      }
+    }
+  }
+}
+
+TEST_CASE("Theorem 2: the quantization variance falls about 4x per extra gradient bit",
+          "[stats][profile][statistical]") {
+  const auto quantizer =
+      GENERATE(nn::GradInputQuantizer::PerTensor, nn::GradInputQuantizer::PerSample,
+               nn::GradInputQuantizer::BlockHouseholder);
+  const char* name = nn::to_string(quantizer);
+  CAPTURE(name);
+  auto model = conv_linear_model();
+  const auto batch = random_batch(4);
+  std::vector<double> variance;
+  for (int bits = 4; bits <= 8; ++bits) {
+    const auto p =
+        stats::profile_gradients(model, batch, {}, fqt_policy(quantizer, bits), options(64, 5));
+    variance.push_back(p.quantization_variance());
+  }
+  for (std::size_t i = 0; i + 1 < variance.size(); ++i) {
+    const double ratio = variance[i] / variance[i + 1];
+    // Every bound scales as 1/(2^b − 1)²: 4.55, 4.27, 4.13, 4.06 from 4→5 to 7→8 bits.
+    const double expected = std::pow((std::pow(2.0, i + 5) - 1) / (std::pow(2.0, i + 4) - 1), 2);
+    CAPTURE(i + 4, ratio, expected);
+    report() << "theorem2 " << name << " bits " << i + 4 << "->" << i + 5 << ": variance "
+             << variance[i] << " -> " << variance[i + 1] << ", ratio " << ratio << "\n";
+    CHECK(ratio > 3.0);
+    CHECK(ratio < 6.0);
+  }
+}
+
+TEST_CASE("Theorem 2: BHQ < PSQ < PTQ at 4 bits when a few samples have large losses",
+          "[stats][profile][statistical]") {
+  auto model = conv_linear_model();
+  auto batch = random_batch(6);
+  // A confident model (last layer scaled up) that gets 14 of 16 samples right and 2 badly wrong:
+  // the per-sample loss gradients are heavy-tailed (two large rows, fourteen tiny ones).
+  auto& last = dynamic_cast<nn::Linear<double>&>(model[5]);
+  last.weight().value() *= 25.0;
+  {
+    nn::Tape<double> tape;
+    nn::Context context;
+    context.policy = nn::QuantPolicy::with_mode(nn::Mode::QAT);
+    const auto logits =
+        model.forward(tape, nn::Variable<double>(batch.inputs, batch.shape), context).value();
+    for (Index i = 0; i < kBatch; ++i) {
+      Index arg;
+      logits.row(i).maxCoeff(&arg);
+      const int right = static_cast<int>(arg);
+      batch.labels[static_cast<std::size_t>(i)] = i < 2 ? (right + 2) % 5 : right;
+    }
+    Matrix<double> grad(kBatch, 5);
+    nn::softmax_cross_entropy(logits, batch.labels, grad);
+    std::vector<double> ranges;
+    for (Index i = 0; i < kBatch; ++i) {
+      ranges.push_back(grad.row(i).maxCoeff() - grad.row(i).minCoeff());
+    }
+    std::sort(ranges.begin(), ranges.end());
+    const double median = ranges[kBatch / 2], largest = ranges.back();
+    CAPTURE(median, largest);
+    report() << "theorem2 heavy tail: row ranges of dL/dlogits: median " << median << ", max "
+             << largest << "\n";
+    REQUIRE(largest > 1000 * median);  // explicit: the gradient rows are heavy-tailed
+  }
+  // The paper's grid (Free), and fqt's default (ZeroAligned), on which an exact zero costs
+  // nothing, so tiny rows hurt PTQ less and the gaps narrow.
+  const auto grid = GENERATE(fqt::Grid::Free, fqt::Grid::ZeroAligned);
+  const char* grid_name = grid == fqt::Grid::Free ? "free" : "zero-aligned";
+  CAPTURE(grid_name);
+  std::vector<double> variance;
+  for (auto q : {nn::GradInputQuantizer::PerTensor, nn::GradInputQuantizer::PerSample,
+                 nn::GradInputQuantizer::BlockHouseholder}) {
+    nn::QuantPolicy policy;  // grad-weight stays PTQ at 8 bits, as in the paper
+    policy.grad_input_quantizer = q;
+    policy.grad_input_bits = 4;
+    policy.gradient_grid = grid;
+    const auto p = stats::profile_gradients(model, batch, {}, policy, options(128, 7));
+    variance.push_back(conv_quantization_variance(p));
+    report() << "theorem2 " << grid_name << " " << nn::to_string(q)
+             << " 4-bit: quantization variance of the conv gradients " << variance.back() << "\n";
+  }
+  CAPTURE(variance[0], variance[1], variance[2]);
+  if (grid == fqt::Grid::Free) {
+    CHECK(variance[1] < 0.5 * variance[0]);  // PSQ well below PTQ
+    CHECK(variance[2] < 0.5 * variance[1]);  // BHQ well below PSQ
+  } else {
+    CHECK(variance[1] < 0.9 * variance[0]);
+    CHECK(variance[2] < 0.9 * variance[1]);
+  }
+}
+
+TEST_CASE("profile_gradients reports sampling variance and leaves the model as it was",
+          "[stats][profile]") {
+  auto model = conv_linear_model();
+  const auto batch = random_batch(8);
+  std::vector<stats::Batch<double>> batches;
+  for (std::uint64_t b = 0; b < 6; ++b) batches.push_back(random_batch(100 + b));
+  const auto params = model.parameters();
+  params[0].variable.accumulate_grad(Matrix<double>::Constant(4, 18, 3.0));
+  const auto before = params[0].variable.value();
+
+  const auto p = stats::profile_gradients(model, batch, batches,
+                                          fqt_policy(nn::GradInputQuantizer::BlockHouseholder, 8),
+                                          options(8, 9));
+  CHECK(p.fqt_passes == 8);
+  CHECK(p.sampling_batches == 6);
+  CHECK(p.sampling_variance() > 0);
+  CHECK(p.quantization_variance() > 0);
+  CHECK(p.total_variance() == p.sampling_variance() + p.quantization_variance());
+  CHECK(p["0.weight"].variance_ratio() > 0);
+  report() << "profile BHQ 8-bit: quantization / sampling variance = "
+           << p.quantization_variance() / p.sampling_variance() << "\n";
+  // At 8 bits the quantization variance is far below the sampling variance (FQT ≈ QAT).
+  CHECK(p.quantization_variance() < 0.1 * p.sampling_variance());
+
+  // The sampling variance is Σ‖g_m − ḡ‖²/(M − 1) of the QAT gradients.
+  std::vector<Matrix<double>> grads;
+  for (const auto& b : batches) {
+    const auto q = stats::profile_gradients(model, b, {}, nn::QuantPolicy::with_mode(nn::Mode::QAT),
+                                            options(2, 1));
+    grads.push_back(q["2.weight"].qat_gradient);
+    CHECK(q.quantization_variance() == 0);
+  }
+  Matrix<double> mean = Matrix<double>::Zero(grads[0].rows(), grads[0].cols());
+  for (const auto& g : grads) mean += g / 6.0;
+  double expected = 0;
+  for (const auto& g : grads) expected += (g - mean).squaredNorm() / 5.0;
+  CHECK(p["2.weight"].sampling_variance == Approx(expected).epsilon(1e-10));
+
+  CHECK(params[0].variable.grad() == Matrix<double>::Constant(4, 18, 3.0));  // restored
+  CHECK(params[0].variable.value() == before);
+  CHECK_THROWS_AS(p["nope"], std::invalid_argument);
+  CHECK_THROWS_AS(stats::profile_gradients(model, batch, {}, nn::QuantPolicy{}, options(1, 1)),
+                  std::invalid_argument);
+}
