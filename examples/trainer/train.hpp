@@ -1,0 +1,380 @@
+#pragma once
+/// \file
+/// \brief The training loop (SGD with momentum, cosine or step learning-rate schedule with
+/// linear warm-up), evaluation, and the end-of-training gradient variance profile.
+///
+/// Randomness: everything is drawn from Philox streams of the seed — the initial weights
+/// (seed_stream(seed, Stream::Init)), the order of each epoch (Stream::Order), the gradient
+/// quantization noise (Stream::Noise; layer l at step t uses substream(t, l, role)) and the
+/// variance profile (Stream::Profile). A run is a pure function of its options: the same seed
+/// gives bit-identical results for any number of threads.
+
+#include <chrono>
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <vector>
+
+#include "fqt/core/error.hpp"
+#include "fqt/core/random.hpp"
+#include "fqt/nn.hpp"
+#include "fqt/stats/profile.hpp"
+#include "trainer/data.hpp"
+#include "trainer/model.hpp"
+#include "trainer/progress.hpp"
+
+namespace fqt_train {
+
+/// \brief Learning-rate schedule over the steps of a run.
+enum class Schedule {
+  Cosine,  ///< cosine annealing to 0 after the warm-up (nn::CosineSchedule)
+  Step     ///< ×gamma at each milestone epoch (nn::StepSchedule)
+};
+
+/// \brief Parses "cosine" or "step"; throws std::invalid_argument otherwise.
+inline Schedule parse_schedule(const std::string& name) {
+  if (name == "cosine") return Schedule::Cosine;
+  if (name == "step") return Schedule::Step;
+  fqt::check(false, "fqt_train::parse_schedule", "unknown schedule '", name,
+             "' (expected cosine or step)");
+  return Schedule::Cosine;
+}
+
+/// \brief The independent random streams of a run, all derived from its seed.
+enum class Stream : std::uint64_t {
+  Init = 1,    ///< initial weights
+  Order = 2,   ///< the shuffle of each epoch
+  Noise = 3,   ///< gradient quantization noise
+  Profile = 4  ///< batches and noise of the variance profile
+};
+
+/// \brief The stream `which` of a run seeded with `seed`.
+inline fqt::Philox seed_stream(std::uint64_t seed, Stream which) {
+  return fqt::Philox(seed).substream(static_cast<std::uint64_t>(which));
+}
+
+/// \brief Everything a training run needs besides the model and the data.
+struct TrainOptions {
+  nn::QuantPolicy policy;       ///< mode, forward bits, gradient quantizers, grid
+  int epochs = 1;               ///< passes over the training set
+  Index batch_size = 128;       ///< samples per step (the last batch of an epoch may be smaller)
+  double learning_rate = 0.05;  ///< peak learning rate
+  Schedule schedule = Schedule::Cosine;  ///< learning-rate schedule
+  double warmup_epochs = 0.0;            ///< linear warm-up, in epochs (may be fractional)
+  std::vector<double> milestones;        ///< Step: epochs (may be fractional) at which lr ×= gamma
+  double gamma = 0.1;                    ///< Step: decay factor
+  double momentum = 0.9;                 ///< SGD momentum
+  double weight_decay = 1e-4;            ///< L2 penalty on weights (not on biases)
+  std::uint64_t seed = 1;                ///< root of every random stream of the run
+  Index eval_batch_size = 1000;          ///< samples per evaluation forward pass
+  bool evaluate_every_epoch = true;      ///< test accuracy after each epoch (else only at the end)
+
+  /// \brief Throws std::invalid_argument naming the option unless the options are usable.
+  void validate() const {
+    constexpr const char* kWhere = "fqt_train::TrainOptions";
+    policy.validate(kWhere);
+    fqt::check(epochs >= 1, kWhere, "epochs must be >= 1, got ", epochs);
+    fqt::check(batch_size >= 1, kWhere, "batch size must be >= 1, got ", batch_size);
+    fqt::check(std::isfinite(learning_rate) && learning_rate > 0, kWhere,
+               "learning rate must be > 0, got ", learning_rate);
+    fqt::check(warmup_epochs >= 0 && warmup_epochs < epochs, kWhere,
+               "warm-up must be in [0, epochs) = [0, ", epochs, "), got ", warmup_epochs);
+    fqt::check(momentum >= 0 && momentum < 1, kWhere, "momentum must be in [0, 1), got ", momentum);
+    fqt::check(weight_decay >= 0, kWhere, "weight decay must be >= 0, got ", weight_decay);
+    fqt::check(gamma > 0, kWhere, "gamma must be > 0, got ", gamma);
+    for (const double m : milestones) {
+      fqt::check(m > 0, kWhere, "milestones must be > 0 epochs, got ", m);
+    }
+    fqt::check(eval_batch_size >= 1, kWhere, "evaluation batch size must be >= 1, got ",
+               eval_batch_size);
+  }
+};
+
+/// \brief What one epoch did.
+struct EpochStats {
+  int epoch = 0;                 ///< 1-based
+  double train_loss = 0;         ///< mean loss over the epoch's batches (weighted by size)
+  double train_accuracy = 0;     ///< fraction of the epoch's samples classified right (in training)
+  double test_accuracy = -1;     ///< after the epoch; −1 when not evaluated
+  double seconds = 0;            ///< wall time of the epoch's training steps (no evaluation)
+  double images_per_second = 0;  ///< training throughput
+};
+
+/// \brief The outcome of a run.
+struct TrainResult {
+  std::vector<EpochStats> epochs;   ///< one per completed epoch
+  bool diverged = false;            ///< training stopped on a non-finite value
+  std::string divergence;           ///< where and why, when diverged
+  double final_test_accuracy = -1;  ///< after the last epoch; −1 if not evaluable
+  double final_train_loss = std::numeric_limits<double>::quiet_NaN();  ///< of the last epoch
+
+  /// \brief Mean wall time of the completed epochs' training steps.
+  double seconds_per_epoch() const {
+    if (epochs.empty()) return 0;
+    double total = 0;
+    for (const auto& e : epochs) total += e.seconds;
+    return total / static_cast<double>(epochs.size());
+  }
+};
+
+/// \brief Fraction of `data` that `model` classifies right with the forward pass of `policy`
+/// (Exact: full precision; QAT/FQT: the 8-bit forward quantizer Q_f).
+inline double evaluate(Model& model, const Dataset& data, const nn::QuantPolicy& policy,
+                       Index batch_size = 1000) {
+  fqt::check(data.size() > 0, "fqt_train::evaluate", "the data set is empty");
+  fqt::check(batch_size >= 1, "fqt_train::evaluate", "batch size must be >= 1, got ", batch_size);
+  Index correct = 0;
+  for (Index first = 0; first < data.size(); first += batch_size) {
+    const Index count = std::min(batch_size, data.size() - first);
+    const Matrix logits = model.logits(data.images.middleRows(first, count), policy);
+    const std::vector<int> labels(data.labels.begin() + first, data.labels.begin() + first + count);
+    correct += nn::count_correct(logits, labels);
+  }
+  return static_cast<double>(correct) / static_cast<double>(data.size());
+}
+
+/// \brief The predicted class of every sample of `data` (argmax of the logits).
+inline std::vector<int> predict(Model& model, const Dataset& data, const nn::QuantPolicy& policy,
+                                Index batch_size = 1000) {
+  std::vector<int> classes;
+  classes.reserve(static_cast<std::size_t>(data.size()));
+  for (Index first = 0; first < data.size(); first += batch_size) {
+    const Index count = std::min(batch_size, data.size() - first);
+    const Matrix logits = model.logits(data.images.middleRows(first, count), policy);
+    for (Index i = 0; i < count; ++i) {
+      Index arg;
+      logits.row(i).maxCoeff(&arg);
+      classes.push_back(static_cast<int>(arg));
+    }
+  }
+  return classes;
+}
+
+namespace detail {
+
+/// The learning rate of each step, from the options and the run's length.
+class LearningRate {
+ public:
+  LearningRate(const TrainOptions& o, std::uint64_t steps_per_epoch)
+      : cosine_(o.learning_rate, std::max<std::uint64_t>(2, steps_per_epoch * o.epochs),
+                std::min(warmup(o, steps_per_epoch),
+                         std::max<std::uint64_t>(2, steps_per_epoch * o.epochs) - 1)),
+        step_(o.learning_rate, milestones(o, steps_per_epoch), o.gamma, warmup(o, steps_per_epoch)),
+        schedule_(o.schedule) {}
+  double operator()(std::uint64_t step) const {
+    return schedule_ == Schedule::Cosine ? cosine_(step) : step_(step);
+  }
+
+ private:
+  static std::uint64_t warmup(const TrainOptions& o, std::uint64_t steps_per_epoch) {
+    return static_cast<std::uint64_t>(std::llround(o.warmup_epochs * steps_per_epoch));
+  }
+  static std::vector<std::uint64_t> milestones(const TrainOptions& o,
+                                               std::uint64_t steps_per_epoch) {
+    std::vector<std::uint64_t> m;
+    for (const double e : o.milestones) {
+      m.push_back(static_cast<std::uint64_t>(std::llround(e * steps_per_epoch)));
+    }
+    return m;
+  }
+  nn::CosineSchedule cosine_;
+  nn::StepSchedule step_;
+  Schedule schedule_;
+};
+
+inline std::string percent(double fraction) {
+  std::ostringstream s;
+  s.setf(std::ios::fixed);
+  s.precision(2);
+  s << 100 * fraction << "%";
+  return s.str();
+}
+
+}  // namespace detail
+
+/// \brief Trains `model` on `train` for options.epochs epochs of SGD and evaluates it on `test`
+/// (after each epoch when options.evaluate_every_epoch, else after the last).
+///
+/// Each epoch visits the training set in the order epoch_order(N, seed_stream(seed, Order),
+/// epoch); step t (counted over the whole run) draws its gradient noise from
+/// seed_stream(seed, Noise) with Context::step = t. A non-finite loss, gradient or weight stops
+/// the run: the result is marked diverged (no exception).
+/// \param test may be empty (no evaluation)
+inline TrainResult train(Model& model, const Dataset& train_set, const Dataset& test,
+                         const TrainOptions& options, Progress& progress) {
+  options.validate();
+  fqt::check(train_set.size() > 0, "fqt_train::train", "the training set is empty");
+  const Index n = train_set.size();
+  const Index batch = std::min(options.batch_size, n);
+  const std::uint64_t steps_per_epoch = static_cast<std::uint64_t>((n + batch - 1) / batch);
+  const detail::LearningRate learning_rate(options, steps_per_epoch);
+
+  nn::SgdOptions sgd_options;
+  sgd_options.learning_rate = options.learning_rate;
+  sgd_options.momentum = options.momentum;
+  sgd_options.weight_decay = options.weight_decay;
+  nn::SGD<float> sgd(model.parameters(), sgd_options);
+
+  nn::Context context;
+  context.policy = options.policy;
+  context.rng = seed_stream(options.seed, Stream::Noise);
+  context.training = true;
+  const fqt::Philox order_rng = seed_stream(options.seed, Stream::Order);
+
+  TrainResult result;
+  Matrix images;
+  std::vector<int> labels;
+  std::uint64_t step = 0;
+  for (int epoch = 1; epoch <= options.epochs; ++epoch) {
+    std::ostringstream label;
+    label << "epoch " << epoch << "/" << options.epochs;
+    progress.begin_epoch(label.str(), n);
+    const auto order = epoch_order(n, order_rng, static_cast<std::uint64_t>(epoch - 1));
+    const auto start = std::chrono::steady_clock::now();
+    double loss_sum = 0;
+    Index correct = 0, done = 0;
+    try {
+      for (Index first = 0; first < n; first += batch, ++step) {
+        const Index count = std::min(batch, n - first);
+        gather_batch(train_set, order, first, count, images, labels);
+        sgd.set_learning_rate(learning_rate(step));
+        sgd.zero_grad();
+        context.step = step;
+        nn::Tape<float> tape;
+        const nn::Variable<float> input(images, model.input_shape());
+        const auto logits = model.net().forward(tape, input, context);
+        const auto loss = nn::softmax_cross_entropy(tape, logits, labels);
+        correct += nn::count_correct(logits.value(), labels);
+        tape.backward(loss);
+        sgd.step();
+        loss_sum += static_cast<double>(loss.value()(0, 0)) * static_cast<double>(count);
+        done += count;
+        progress.update(done, loss_sum / static_cast<double>(done),
+                        static_cast<double>(correct) / static_cast<double>(done));
+      }
+    } catch (const std::domain_error& e) {
+      result.diverged = true;
+      std::ostringstream what;
+      what << "diverged in epoch " << epoch << " at step " << step << ": " << e.what();
+      result.divergence = what.str();
+      progress.end_epoch(result.divergence);
+      break;
+    }
+    EpochStats stats;
+    stats.epoch = epoch;
+    stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+    stats.train_loss = loss_sum / static_cast<double>(n);
+    stats.train_accuracy = static_cast<double>(correct) / static_cast<double>(n);
+    stats.images_per_second = stats.seconds > 0 ? static_cast<double>(n) / stats.seconds : 0;
+    std::ostringstream summary;
+    summary.precision(4);
+    summary << "loss " << stats.train_loss << ", train acc "
+            << detail::percent(stats.train_accuracy);
+    if (test.size() > 0 && (options.evaluate_every_epoch || epoch == options.epochs)) {
+      stats.test_accuracy = evaluate(model, test, options.policy, options.eval_batch_size);
+      summary << ", test acc " << detail::percent(stats.test_accuracy);
+    }
+    summary.precision(3);
+    summary << " (" << stats.seconds << " s, " << static_cast<long long>(stats.images_per_second)
+            << " img/s)";
+    progress.end_epoch(summary.str());
+    result.epochs.push_back(stats);
+    result.final_train_loss = stats.train_loss;
+  }
+  if (!result.epochs.empty() && !result.diverged) {
+    result.final_test_accuracy = result.epochs.back().test_accuracy;
+  } else if (result.diverged && test.size() > 0) {
+    // The weights are those of the last finite step (SGD refuses non-finite gradients); they may
+    // still be unusable, in which case the accuracy stays −1.
+    try {
+      result.final_test_accuracy = evaluate(model, test, options.policy, options.eval_batch_size);
+    } catch (const std::domain_error&) {
+      result.final_test_accuracy = -1;
+    }
+  }
+  return result;
+}
+
+/// \brief Knobs of measure_gradient_variance.
+struct VarianceOptions {
+  int fqt_passes = 8;        ///< K FQT backward passes on the profiled batch (≥ 2)
+  int sampling_batches = 8;  ///< M further batches for the QAT sampling variance (≥ 2)
+  Index batch_size = 128;    ///< samples per batch (the training batch size)
+  std::uint64_t seed = 1;    ///< the run's seed (batches and noise from Stream::Profile)
+};
+
+/// \brief The gradient variance of one parameter tensor.
+struct TensorVariance {
+  std::string name;         ///< e.g. "3.weight"
+  double quantization = 0;  ///< Var[ĝ | batch]: the FQT quantization variance
+  double sampling = 0;      ///< the QAT minibatch sampling variance
+};
+
+/// \brief The paper's variance decomposition of a model's gradient (Theorem 2), summed over the
+/// parameter tensors and per tensor.
+struct VarianceReport {
+  double quantization = 0;              ///< Σ over tensors of the quantization variance
+  double sampling = 0;                  ///< Σ over tensors of the QAT sampling variance
+  std::vector<TensorVariance> tensors;  ///< per parameter tensor, in model order
+  int fqt_passes = 0;                   ///< K used
+  int sampling_batches = 0;             ///< M used (0: no sampling variance)
+
+  /// \brief quantization / sampling: the paper's criterion (FQT trains like QAT while it is
+  /// small); NaN without a sampling variance.
+  double ratio() const {
+    return sampling > 0 ? quantization / sampling : std::numeric_limits<double>::quiet_NaN();
+  }
+};
+
+/// \brief Measures the gradient variance of `model` under `policy` with stats::profile_gradients:
+/// the quantization variance from K FQT passes on one batch, the sampling variance of the QAT
+/// gradient over M other batches. Batches are drawn without replacement from `data` in the order
+/// epoch_order(N, seed_stream(seed, Profile), 0): batch 0 is profiled, batches 1..M sample.
+/// M is reduced when `data` has fewer than M + 1 batches (0 if fewer than 3). For Exact and QAT
+/// policies the quantization variance is 0 and only two (identical) passes are run.
+inline VarianceReport measure_gradient_variance(Model& model, const Dataset& data,
+                                                const nn::QuantPolicy& policy,
+                                                const VarianceOptions& options) {
+  constexpr const char* kWhere = "fqt_train::measure_gradient_variance";
+  fqt::check(options.fqt_passes >= 2, kWhere, "fqt_passes must be >= 2, got ", options.fqt_passes);
+  fqt::check(options.sampling_batches >= 0, kWhere, "sampling_batches must be >= 0, got ",
+             options.sampling_batches);
+  fqt::check(options.batch_size >= 1, kWhere, "batch size must be >= 1, got ", options.batch_size);
+  const Index batch = std::min(options.batch_size, data.size());
+  fqt::check(batch >= 1, kWhere, "the data set is empty");
+  const fqt::Philox rng = seed_stream(options.seed, Stream::Profile);
+  const auto order = epoch_order(data.size(), rng, 0);
+  const Index available = data.size() / batch;
+  int sampling = static_cast<int>(std::min<Index>(options.sampling_batches, available - 1));
+  if (sampling < 2) sampling = 0;
+
+  auto make_batch = [&](Index k) {
+    fqt::stats::Batch<float> b;
+    b.shape = model.input_shape();
+    gather_batch(data, order, k * batch, batch, b.inputs, b.labels);
+    return b;
+  };
+  const auto profiled = make_batch(0);
+  std::vector<fqt::stats::Batch<float>> sampling_set;
+  for (int m = 0; m < sampling; ++m) sampling_set.push_back(make_batch(m + 1));
+
+  fqt::stats::ProfileOptions profile_options;
+  profile_options.fqt_passes = policy.quantizes_backward() ? options.fqt_passes : 2;
+  profile_options.rng = rng.substream(1);
+  const auto profile =
+      fqt::stats::profile_gradients(model.net(), profiled, sampling_set, policy, profile_options);
+  VarianceReport report;
+  report.fqt_passes = profile.fqt_passes;
+  report.sampling_batches = profile.sampling_batches;
+  for (const auto& t : profile.tensors) {
+    report.tensors.push_back({t.name, t.quantization_variance, t.sampling_variance});
+  }
+  report.quantization = profile.quantization_variance();
+  report.sampling = profile.sampling_variance();
+  return report;
+}
+
+}  // namespace fqt_train
