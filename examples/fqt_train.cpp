@@ -10,7 +10,7 @@
 // and BHQ at several grad-input bit widths, on the paper's free grid and fqt's zero-aligned grid,
 // and prints a Markdown table, writes a CSV file and, with gnuplot, two PNG plots. With --mode it
 // trains one model (and may save it, or load one and only evaluate it). Progress goes to stderr,
-// results to stdout. See docs/train.md.
+// results to stdout. See README.md ("Training on Fashion-MNIST").
 
 #include <CLI/CLI.hpp>
 #include <chrono>
@@ -183,7 +183,7 @@ int main(int argc, char** argv) {
       app.add_option("--threads", threads,
                      "threads (results do not depend on them): --compare trains this many runs at "
                      "once, one thread each (default: the number of cores); a single run uses "
-                     "them inside each step (default: 1, see docs/train.md)")
+                     "them inside each step (default: 1, see README.md)")
           ->check(CLI::Range(1, 1024));
 
   // ---- data and model

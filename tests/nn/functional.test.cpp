@@ -162,7 +162,7 @@ TEST_CASE("linear_backward overwrites grad_input and accumulates grad_weight and
 
 TEST_CASE("linear_forward and linear_backward work on Eigen::Map-ped foreign buffers",
           "[nn][linear]") {
-  // The docs/nn.md example: a foreign training loop owns plain float buffers.
+  // The README example (nn section): a foreign training loop owns plain float buffers.
   std::vector<float> x(8 * 16), w(4 * 16), b(4, 0.5f), y(8 * 4), dy(8 * 4, 0.01f);
   std::vector<float> dx(8 * 16), dw(4 * 16, 0.0f), db(4, 0.0f);
   for (std::size_t i = 0; i < x.size(); ++i) x[i] = std::sin(0.3f * static_cast<float>(i));

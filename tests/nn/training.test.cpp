@@ -152,11 +152,11 @@ TEST_CASE("A NaN gradient stops training with a clear error and no NaN in the we
   CHECK(model.parameters()[0].variable.grad().allFinite());
 }
 
-TEST_CASE("The autograd training loop of docs/nn.md compiles and learns", "[nn][training][docs]") {
+TEST_CASE("The autograd training loop of the README compiles and learns", "[nn][training][docs]") {
   Matrix<float> images;
   std::vector<int> labels;
   stripes(32, images, labels);
-  // ---- begin docs/nn.md ----
+  // ---- begin README example ----
   nn::Sequential<float> model;
   const fqt::Philox init(7);
   model.emplace<nn::Conv2d<float>>(1, 8, 3, 1, 1, init.substream(0));  // in, out, k, stride, pad
@@ -181,7 +181,7 @@ TEST_CASE("The autograd training loop of docs/nn.md compiles and learns", "[nn][
     sgd.set_learning_rate(schedule(step));
     sgd.step();  // throws std::domain_error (and changes nothing) on a NaN/Inf gradient
   }
-  // ---- end docs/nn.md ----
+  // ---- end README example ----
   nn::Tape<float> tape;
   const auto logits = model.forward(tape, nn::Variable<float>(images, {1, 8, 8}), context);
   Matrix<float> none;

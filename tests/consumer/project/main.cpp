@@ -1,7 +1,7 @@
 // A user's program: quantizes a gradient with the installed fqt and checks the mean of the
 // fake-quantized draws against the input.
 #include <cmath>
-#include <fqt/quant.hpp>
+#include <fqt/fqt.hpp>
 #include <iostream>
 
 int main() {

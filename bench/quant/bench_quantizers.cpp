@@ -1,0 +1,205 @@
+// Throughput of the gradient quantizers, against the ideal single pass in the same process, and
+// their exact variance against the bit width.
+//
+//   BM_SinglePass/rows:R/cols:C/threads:T      the floor: read each float once, write one byte
+//   BM_Quantize/<Q>/rows:R/cols:C/bits:B/threads:T
+//       quantize() to uint8 codes; items/s = elements/s. Counters:
+//       vs_single_pass  time of Q / time of the single pass (same shape and threads)
+//       vs_psq          BHQ only: time of BHQ / time of PSQ (same shape, bits and threads)
+//       Both are measured right after the benchmark's own loop by alternating the two calls
+//       (5 to 31 pairs, about 0.2 s) and taking the median of the per-pair time ratios, so that
+//       both sides of a ratio see the same load on a shared machine.
+//   BM_VarianceVsBits/<grid>/rows:128/cols:4096/bits:B
+//       exact E‖Q(G) − G‖² of every quantizer as counters (the time is that of computing them)
+//
+// Q is PTQ, PSQ, PerColumn or BHQ. The input is fqt::stats::heavy_tailed_gradient (row scales
+// log-uniform over 4 decades, half the entries exact zeros), built once per shape. Threads are
+// fqt's (fqt::set_num_threads); times are wall-clock (UseRealTime). Filter with, e.g.,
+//   bench_quantizers --benchmark_filter='BM_Quantize/BHQ/rows:512'
+
+#include <benchmark/benchmark.h>
+
+#include <algorithm>
+#include <chrono>
+#include <cmath>
+#include <cstddef>
+#include <cstdint>
+#include <functional>
+#include <map>
+#include <string>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "fqt/quant.hpp"
+#include "fqt/stats/variance.hpp"
+
+namespace {
+
+using fqt::Index;
+using Matrix = fqt::Matrix<float>;
+using Clock = std::chrono::steady_clock;
+
+// The gradient-like input of a shape, generated once (a 4096 × 4096 one takes a moment).
+const Matrix& gradient(Index rows, Index cols) {
+  static std::map<std::pair<Index, Index>, Matrix> cache;
+  auto it = cache.find({rows, cols});
+  if (it == cache.end()) {
+    it = cache
+             .emplace(std::make_pair(rows, cols),
+                      fqt::stats::heavy_tailed_gradient<float>(rows, cols, fqt::Philox(2020)))
+             .first;
+  }
+  return it->second;
+}
+
+double seconds_of(const std::function<void()>& f) {
+  const auto start = Clock::now();
+  f();
+  return std::chrono::duration<double>(Clock::now() - start).count();
+}
+
+// Median over alternating pairs of calls (a, b) of time(a)/time(b), after one warm-up pair:
+// between 5 and 31 pairs, about 0.2 s. Pairing makes the ratio robust to a load that changes
+// while the benchmarks run (other processes on a shared machine).
+double paired_ratio(const std::function<void()>& a, const std::function<void()>& b) {
+  a();
+  b();
+  std::vector<double> ratios;
+  int pairs = 5;
+  for (int k = 0; k < pairs; ++k) {
+    const double ta = seconds_of(a), tb = seconds_of(b);
+    ratios.push_back(ta / tb);
+    if (k == 0) pairs = std::clamp(static_cast<int>(0.2 / std::max(ta + tb, 1e-9)), 5, 31);
+  }
+  const auto middle = ratios.begin() + static_cast<std::ptrdiff_t>(ratios.size() / 2);
+  std::nth_element(ratios.begin(), middle, ratios.end());
+  return *middle;
+}
+
+// The ideal single pass: one read of each float, one byte written, no range pass and no noise —
+// what any quantizer to uint8 costs at least. The loop vectorizes (fma, min, max, convert, pack);
+// its bounds and constants are locals of the row function, or the byte stores could alias them.
+void single_pass_row(const float* in, std::uint8_t* codes, Index n) {
+  const float inv_scale = 16.0f, zero = 127.5f;
+  for (Index j = 0; j < n; ++j) {
+    const float y = std::min(std::max(in[j] * inv_scale + zero, 0.0f), 255.0f);
+    codes[j] = static_cast<std::uint8_t>(static_cast<int>(y));
+  }
+}
+
+void single_pass(const Matrix& x, fqt::Matrix<std::uint8_t>& out) {
+  fqt::parallel_for(x.rows(), x.cols(), [&](Index i) {
+    single_pass_row(x.row(i).data(), out.row(i).data(), x.cols());
+  });
+}
+
+void BM_SinglePass(benchmark::State& state) {
+  const Index rows = state.range(0), cols = state.range(1);
+  const int threads = static_cast<int>(state.range(2));
+  fqt::set_num_threads(threads);
+  const Matrix& x = gradient(rows, cols);
+  fqt::Matrix<std::uint8_t> out(rows, cols);
+  for (auto _ : state) {
+    single_pass(x, out);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  }
+  state.SetItemsProcessed(state.iterations() * rows * cols);
+  state.SetBytesProcessed(state.iterations() * rows * cols * 5);  // 4 bytes read, 1 written
+}
+
+template <class Quantizer>
+void BM_Quantize(benchmark::State& state) {
+  const Index rows = state.range(0), cols = state.range(1);
+  const int bits = static_cast<int>(state.range(2)), threads = static_cast<int>(state.range(3));
+  fqt::set_num_threads(threads);
+  const Matrix& x = gradient(rows, cols);
+  const Quantizer quantizer(bits);
+  const fqt::Philox rng(7);
+  const auto quantize = [&] {
+    auto q = quantizer.quantize(x, rng);
+    benchmark::DoNotOptimize(q.codes.data());
+    benchmark::ClobberMemory();
+  };
+  for (auto _ : state) quantize();
+  state.SetItemsProcessed(state.iterations() * rows * cols);
+  state.SetBytesProcessed(state.iterations() * rows * cols * 5);  // 4 bytes read, 1 written
+
+  fqt::Matrix<std::uint8_t> out(rows, cols);
+  state.counters["vs_single_pass"] = paired_ratio(quantize, [&] {
+    single_pass(x, out);
+    benchmark::DoNotOptimize(out.data());
+    benchmark::ClobberMemory();
+  });
+  if constexpr (std::is_same_v<Quantizer, fqt::BlockHouseholderQuantizer<float>>) {
+    const fqt::PerSampleQuantizer<float> psq(bits);
+    state.counters["vs_psq"] = paired_ratio(quantize, [&] {
+      auto q = psq.quantize(x, rng);
+      benchmark::DoNotOptimize(q.codes.data());
+      benchmark::ClobberMemory();
+    });
+  }
+}
+
+void BM_VarianceVsBits(benchmark::State& state, fqt::Grid grid) {
+  const Index rows = state.range(0), cols = state.range(1);
+  const int bits = static_cast<int>(state.range(2));
+  const Matrix& x = gradient(rows, cols);
+  const fqt::PerTensorQuantizer<float> ptq(bits, grid);
+  const fqt::PerSampleQuantizer<float> psq(bits, grid);
+  const fqt::PerColumnQuantizer<float> per_column(bits, grid);
+  const fqt::BlockHouseholderQuantizer<float> bhq(bits, grid);
+  double v_ptq = 0, v_psq = 0, v_col = 0, v_bhq = 0;
+  for (auto _ : state) {
+    v_ptq = ptq.expected_variance(x);
+    v_psq = psq.expected_variance(x);
+    v_col = per_column.expected_variance(x);
+    v_bhq = bhq.expected_variance(x);
+    benchmark::DoNotOptimize(v_bhq);
+  }
+  state.counters["PTQ"] = v_ptq;
+  state.counters["PSQ"] = v_psq;
+  state.counters["PerColumn"] = v_col;
+  state.counters["BHQ"] = v_bhq;
+  state.counters["PTQ/BHQ"] = v_ptq / v_bhq;
+  state.counters["PSQ/BHQ"] = v_psq / v_bhq;
+  state.counters["bits_saved"] = std::log(v_ptq / v_bhq) / std::log(4.0);
+}
+
+const std::vector<std::vector<std::int64_t>> kShapesBitsThreads = {
+    {128, 512, 4096}, {4096}, {4, 8}, {1, 2}};
+
+template <class Quantizer>
+void register_quantizer(const std::string& name) {
+  benchmark::RegisterBenchmark(("BM_Quantize/" + name).c_str(), BM_Quantize<Quantizer>)
+      ->ArgNames({"rows", "cols", "bits", "threads"})
+      ->ArgsProduct(kShapesBitsThreads)
+      ->UseRealTime()
+      ->Unit(benchmark::kMillisecond);
+}
+
+[[maybe_unused]] const bool kRegistered = [] {
+  benchmark::RegisterBenchmark("BM_SinglePass", BM_SinglePass)
+      ->ArgNames({"rows", "cols", "threads"})
+      ->ArgsProduct({{128, 512, 4096}, {4096}, {1, 2}})
+      ->UseRealTime()
+      ->Unit(benchmark::kMillisecond);
+  register_quantizer<fqt::PerTensorQuantizer<float>>("PTQ");
+  register_quantizer<fqt::PerSampleQuantizer<float>>("PSQ");
+  register_quantizer<fqt::PerColumnQuantizer<float>>("PerColumn");
+  register_quantizer<fqt::BlockHouseholderQuantizer<float>>("BHQ");
+  for (const fqt::Grid grid : {fqt::Grid::Free, fqt::Grid::ZeroAligned}) {
+    const std::string name =
+        std::string("BM_VarianceVsBits/") + (grid == fqt::Grid::Free ? "Free" : "ZeroAligned");
+    benchmark::RegisterBenchmark(name.c_str(), BM_VarianceVsBits, grid)
+        ->ArgNames({"rows", "cols", "bits"})
+        ->ArgsProduct({{128}, {4096}, benchmark::CreateDenseRange(2, 8, 1)})
+        ->Unit(benchmark::kMillisecond);
+  }
+  return true;
+}();
+
+}  // namespace
+
+BENCHMARK_MAIN();
