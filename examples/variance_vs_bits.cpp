@@ -31,6 +31,7 @@
 #include <utility>
 #include <vector>
 
+#include "common/path.hpp"
 #include "fqt/quant.hpp"
 #include "fqt/stats/variance.hpp"
 
@@ -196,18 +197,6 @@ void write_csv(const std::vector<Row>& rows, const std::string& path) {
 
 // ---- the plot -----------------------------------------------------------------------------------
 
-bool on_path(const std::string& program) {
-  const char* path = std::getenv("PATH");
-  if (!path) return false;
-  std::stringstream dirs(path);
-  std::string dir;
-  while (std::getline(dirs, dir, ':')) {
-    const std::string candidate = (dir.empty() ? "." : dir) + "/" + program;
-    if (::access(candidate.c_str(), X_OK) == 0) return true;
-  }
-  return false;
-}
-
 // gnuplot's single-quoted strings end at a quote; '' is a literal quote.
 std::string gnuplot_quote(const std::string& text) {
   std::string quoted = "'";
@@ -217,7 +206,7 @@ std::string gnuplot_quote(const std::string& text) {
 
 // Renders the variances on a log scale with gnuplot (pngcairo). Returns a message for the user.
 std::string plot(const std::vector<Row>& rows, const std::string& path, const std::string& title) {
-  if (!on_path("gnuplot")) {
+  if (!fqt_examples::on_path("gnuplot")) {
     return "plot: gnuplot is not on PATH, so " + path +
            " was not written (Debian: apt install gnuplot-nox)";
   }

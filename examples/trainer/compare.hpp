@@ -35,6 +35,7 @@
 #include <thread>
 #include <vector>
 
+#include "common/path.hpp"
 #include "fqt/core/parallel.hpp"
 #include "trainer/train.hpp"
 
@@ -569,19 +570,6 @@ inline void write_csv(const std::string& path, const std::vector<RunResult>& res
 
 // ---- plots ----------------------------------------------------------------------------------
 
-/// \brief True when `program` is an executable file in a directory of $PATH.
-inline bool on_path(const std::string& program) {
-  const char* path = std::getenv("PATH");
-  if (!path) return false;
-  std::stringstream dirs(path);
-  std::string dir;
-  while (std::getline(dirs, dir, ':')) {
-    const std::string candidate = (dir.empty() ? "." : dir) + "/" + program;
-    if (::access(candidate.c_str(), X_OK) == 0) return true;
-  }
-  return false;
-}
-
 namespace detail {
 
 // gnuplot's single-quoted strings end at a quote; '' is a literal quote.
@@ -628,7 +616,7 @@ inline std::vector<std::string> plot(const std::vector<RunResult>& results,
                                      int classes = 10) {
   const std::string accuracy_png = prefix + "_accuracy.png";
   const std::string variance_png = prefix + "_variance.png";
-  if (!on_path("gnuplot")) {
+  if (!fqt_examples::on_path("gnuplot")) {
     return {"gnuplot is not on PATH, so " + accuracy_png + " and " + variance_png +
             " were not written (Debian: apt install gnuplot-nox); the CSV has the data"};
   }

@@ -363,7 +363,7 @@ TEST_CASE("The comparison runs end to end and writes a well-formed CSV", "[train
   CHECK_THAT(pivot.str(), Contains("| ptq | zero |"));
   CHECK_THAT(fqt_train::reading(results, test.size(), test.classes), Contains("QAT:"));
 
-  if (fqt_train::on_path("gnuplot")) {
+  if (fqt_examples::on_path("gnuplot")) {
     const std::string prefix = (dir / "plot").string();
     const auto messages = fqt_train::plot(results, prefix, "test");
     REQUIRE(messages.size() == 2);

@@ -156,6 +156,29 @@ Matrix<Scalar>& parameter_grad(const Variable<Scalar>& v) {
   return v.grad();
 }
 
+/// \brief Records the backward step shared by linear and conv2d: backward(grad_output,
+/// grad_input, grad_weight, grad_bias) overwrites grad_input (kept only when the input needs it)
+/// and accumulates into the weight's and the bias's gradients (empty when they need none).
+template <class Scalar, class Backward>
+void record_weighted_backward(Tape<Scalar>& tape, const Variable<Scalar>& input,
+                              const Variable<Scalar>& weight, const Variable<Scalar>& bias,
+                              const Variable<Scalar>& output, Backward backward) {
+  tape.record([input, weight, bias, output, backward]() {
+    if (!output.has_grad()) return;
+    Matrix<Scalar> grad_input, none;
+    Vector<Scalar> no_bias_grad;
+    if (input.requires_grad()) grad_input.resize(input.batch(), input.value().cols());
+    Matrix<Scalar>& grad_weight = weight.requires_grad() ? parameter_grad(weight) : none;
+    if (bias.requires_grad()) {
+      auto grad_bias = as_vector(parameter_grad(bias));
+      backward(output.grad(), grad_input, grad_weight, grad_bias);
+    } else {
+      backward(output.grad(), grad_input, grad_weight, no_bias_grad);
+    }
+    if (input.requires_grad()) input.accumulate_grad(std::move(grad_input));
+  });
+}
+
 /// A cache that no live tape closure still uses (reused across steps; fresh when shared).
 template <class Cache>
 std::shared_ptr<Cache> free_cache(std::shared_ptr<Cache>& owned) {
@@ -186,20 +209,12 @@ Variable<Scalar> linear(Tape<Scalar>& tape, const Variable<Scalar>& input,
   const bool needs_grad = input.requires_grad() || weight.requires_grad() || bias.requires_grad();
   Variable<Scalar> output(std::move(out), needs_grad);
   if (needs_grad) {
-    tape.record([input, weight, bias, output, streams, cache]() {
-      if (!output.has_grad()) return;
-      Matrix<Scalar> grad_input, none;
-      Vector<Scalar> no_bias_grad;
-      if (input.requires_grad()) grad_input.resize(input.batch(), input.value().cols());
-      Matrix<Scalar>& grad_weight = weight.requires_grad() ? detail::parameter_grad(weight) : none;
-      if (bias.requires_grad()) {
-        auto grad_bias = detail::as_vector(detail::parameter_grad(bias));
-        linear_backward(output.grad(), *cache, streams, grad_input, grad_weight, grad_bias);
-      } else {
-        linear_backward(output.grad(), *cache, streams, grad_input, grad_weight, no_bias_grad);
-      }
-      if (input.requires_grad()) input.accumulate_grad(std::move(grad_input));
-    });
+    detail::record_weighted_backward(tape, input, weight, bias, output,
+                                     [streams, cache](const auto& grad_output, auto& grad_input,
+                                                      auto& grad_weight, auto& grad_bias) {
+                                       linear_backward(grad_output, *cache, streams, grad_input,
+                                                       grad_weight, grad_bias);
+                                     });
   }
   return output;
 }
@@ -233,20 +248,12 @@ Variable<Scalar> conv2d(Tape<Scalar>& tape, const Variable<Scalar>& input,
       std::move(out),
       FeatureShape{geometry.out_channels, geometry.out_height(), geometry.out_width()}, needs_grad);
   if (needs_grad) {
-    tape.record([input, weight, bias, output, streams, cache]() {
-      if (!output.has_grad()) return;
-      Matrix<Scalar> grad_input, none;
-      Vector<Scalar> no_bias_grad;
-      if (input.requires_grad()) grad_input.resize(input.batch(), input.value().cols());
-      Matrix<Scalar>& grad_weight = weight.requires_grad() ? detail::parameter_grad(weight) : none;
-      if (bias.requires_grad()) {
-        auto grad_bias = detail::as_vector(detail::parameter_grad(bias));
-        conv2d_backward(output.grad(), *cache, streams, grad_input, grad_weight, grad_bias);
-      } else {
-        conv2d_backward(output.grad(), *cache, streams, grad_input, grad_weight, no_bias_grad);
-      }
-      if (input.requires_grad()) input.accumulate_grad(std::move(grad_input));
-    });
+    detail::record_weighted_backward(tape, input, weight, bias, output,
+                                     [streams, cache](const auto& grad_output, auto& grad_input,
+                                                      auto& grad_weight, auto& grad_bias) {
+                                       conv2d_backward(grad_output, *cache, streams, grad_input,
+                                                       grad_weight, grad_bias);
+                                     });
   }
   return output;
 }
