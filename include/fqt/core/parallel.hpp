@@ -43,7 +43,10 @@ inline void parallel_for(Index n, Index work_per_item, Body&& body) {
   constexpr Index kMinWorkPerThread = Index{1} << 15;
   if (n > 1 && n * std::max<Index>(work_per_item, 1) >= 2 * kMinWorkPerThread &&
       omp_get_max_threads() > 1 && !omp_in_parallel()) {
-#pragma omp parallel for schedule(guided)
+    // About 16 chunks per thread, handed out dynamically: items of uneven cost (BHQ's groups,
+    // sorted largest first) stay balanced, and uniform rows pay one atomic per chunk.
+    const Index chunk = std::max<Index>(1, n / (16 * omp_get_max_threads()));
+#pragma omp parallel for schedule(dynamic, chunk)
     for (Index i = 0; i < n; ++i) body(i);
     return;
   }
