@@ -1,7 +1,6 @@
 // The quantizer example of README.md, verbatim inside a test so that it keeps compiling and
 // keeps meaning what the README says.
 #include <catch2/catch.hpp>
-
 #include <fqt/quant.hpp>
 
 TEST_CASE("the README's quantizer example works as described", "[quant][readme]") {
@@ -18,7 +17,7 @@ TEST_CASE("the README's quantizer example works as described", "[quant][readme]"
   // q.transform: the block Householder transform T (dequantize() applies T⁻¹).
   const fqt::Matrix<float> approx = q.dequantize();  // unbiased: E[approx] = grad
 
-  const float exact = bhq.expected_variance(grad);                           // E‖Q(G) − G‖²
+  const float exact = bhq.expected_variance(grad);  // E‖Q(G) − G‖²
   const float psq = fqt::PerSampleQuantizer<float>(4).expected_variance(grad);
   const float ptq = fqt::PerTensorQuantizer<float>(4).expected_variance(grad);
   // --- README example ends ---
