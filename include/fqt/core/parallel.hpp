@@ -6,7 +6,10 @@
 /// block, then combined in a fixed order.
 
 #include <algorithm>
+#include <atomic>
 #include <cstdint>
+#include <exception>
+#include <mutex>
 
 #include "fqt/core/matrix.hpp"
 
@@ -35,7 +38,48 @@ inline void set_num_threads(int threads) {
 #endif
 }
 
+namespace detail {
+
+/// \brief Carries an exception out of a parallel loop. An exception cannot leave an OpenMP region
+/// (the runtime calls std::terminate), so each iteration runs under `run`, which records the
+/// exception of the lowest failing index and lets later iterations return at once; `rethrow`
+/// throws it after the region. The lowest index is the one a serial loop would have stopped at,
+/// so a parallel loop throws exactly what the serial loop throws.
+class FirstException {
+ public:
+  explicit FirstException(Index n) : first_(n) {}
+
+  /// Runs body(i) unless an earlier index already failed; records what body(i) throws.
+  template <class Body>
+  void run(Index i, Body& body) noexcept {
+    if (i > first_.load(std::memory_order_relaxed)) return;
+    try {
+      body(i);
+    } catch (...) {
+      const std::lock_guard<std::mutex> lock(mutex_);
+      if (i < first_.load(std::memory_order_relaxed)) {
+        first_.store(i, std::memory_order_relaxed);
+        error_ = std::current_exception();
+      }
+    }
+  }
+
+  /// Throws the recorded exception, if any.
+  void rethrow() const {
+    if (error_) std::rethrow_exception(error_);
+  }
+
+ private:
+  std::atomic<Index> first_;
+  std::mutex mutex_;
+  std::exception_ptr error_;
+};
+
+}  // namespace detail
+
 /// \brief Calls body(i) for every i in [0, n), spread over threads when the work is large enough.
+/// An exception thrown by body propagates to the caller as in a serial loop: the one of the lowest
+/// failing index (later indices may or may not have run).
 /// \param work_per_item rough cost of one item (e.g. the row length), to skip threading small work
 template <class Body>
 inline void parallel_for(Index n, Index work_per_item, Body&& body) {
@@ -46,8 +90,10 @@ inline void parallel_for(Index n, Index work_per_item, Body&& body) {
     // About 16 chunks per thread, handed out dynamically: items of uneven cost (BHQ's groups,
     // sorted largest first) stay balanced, and uniform rows pay one atomic per chunk.
     const Index chunk = std::max<Index>(1, n / (16 * omp_get_max_threads()));
+    detail::FirstException error(n);
 #pragma omp parallel for schedule(dynamic, chunk)
-    for (Index i = 0; i < n; ++i) body(i);
+    for (Index i = 0; i < n; ++i) error.run(i, body);
+    error.rethrow();
     return;
   }
 #else

@@ -10,6 +10,7 @@
 
 #include "fqt/core/error.hpp"
 #include "fqt/core/matrix.hpp"
+#include "fqt/core/parallel.hpp"
 #include "fqt/core/random.hpp"
 #include "fqt/nn/policy.hpp"
 #include "fqt/quant.hpp"
@@ -87,8 +88,10 @@ void run_blocks(Index blocks, double flops, Body&& body) {
   if (flops >= 1e5 && !omp_in_parallel() && omp_get_max_threads() > 1) {
     const int team = static_cast<int>(
         std::max<Index>(2, std::min<Index>(omp_get_max_threads(), std::max<Index>(blocks, 1))));
+    fqt::detail::FirstException error(blocks);
 #pragma omp parallel for schedule(dynamic, 1) num_threads(team)
-    for (Index b = 0; b < blocks; ++b) body(b);
+    for (Index b = 0; b < blocks; ++b) error.run(b, body);
+    error.rethrow();
     return;
   }
 #else
