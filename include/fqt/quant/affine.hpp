@@ -117,7 +117,7 @@ class AffineQuantizer {
       maps.resize(d);
       for (Index j = 0; j < d; ++j) {
         if (!std::isfinite(hi(j) - lo(j))) detail::throw_non_finite<Scalar>(x, name());
-        maps.set(j, detail::choose_grid(lo(j), hi(j), levels(), grid_));
+        maps.set(j, detail::choose_grid(lo(j), hi(j), levels(), grid_, name()));
       }
     } else {
       Vector<Scalar> lo(n), hi(n);
@@ -126,11 +126,11 @@ class AffineQuantizer {
         maps.resize(1);
         const Scalar l = lo.minCoeff(), h = hi.maxCoeff();
         if (!std::isfinite(h - l)) detail::throw_non_finite<Scalar>(x, name());
-        maps.set(0, detail::choose_grid(l, h, levels(), grid_));
+        maps.set(0, detail::choose_grid(l, h, levels(), grid_, name()));
       } else {
         maps.resize(n);
         for (Index i = 0; i < n; ++i)
-          maps.set(i, detail::choose_grid(lo(i), hi(i), levels(), grid_));
+          maps.set(i, detail::choose_grid(lo(i), hi(i), levels(), grid_, name()));
       }
     }
     return maps;
@@ -193,7 +193,7 @@ class AffineQuantizer {
                                                   col_ptr(m.inv_scale), col_ptr(m.zero_point),
                                                   col_ptr(m.scale), levels());
       });
-      return static_cast<Scalar>(per_row.sum());
+      return detail::checked_variance<Scalar>(per_row.sum(), name());
     }
   }
 
@@ -210,6 +210,7 @@ class AffineQuantizer {
               col_ptr(m.zero_point, j), col_ptr(m.scale, j), levels());
         }
       });
+      detail::checked_variance<Scalar>(out.sum(), name());
     }
     return out;
   }
@@ -220,14 +221,10 @@ class AffineQuantizer {
     const auto m = maps(x);
     const double sq = m.scale.template cast<double>().squaredNorm();
     const double n = static_cast<double>(x.rows()), d = static_cast<double>(x.cols());
-    switch (kGranularity) {
-      case Granularity::PerTensor:
-        return static_cast<Scalar>(n * d * sq / 4);
-      case Granularity::PerRow:
-        return static_cast<Scalar>(d * sq / 4);
-      default:
-        return static_cast<Scalar>(n * sq / 4);
-    }
+    const double per_step = kGranularity == Granularity::PerTensor ? n * d
+                            : kGranularity == Granularity::PerRow  ? d
+                                                                   : n;
+    return detail::checked_variance<Scalar>(per_step * sq / 4, name());
   }
 
  private:
@@ -256,7 +253,7 @@ class AffineQuantizer {
       if constexpr (kGranularity == Granularity::PerRow) {
         Scalar lo, hi;
         detail::row_range<Scalar>(x, i, lo, hi, name());
-        m.set(i, detail::choose_grid(lo, hi, levels(), grid_));
+        m.set(i, detail::choose_grid(lo, hi, levels(), grid_, name()));
       }
       detail::quantize_row<Rounding, Scalar, Out>(
           x.row(i).data(), d, static_cast<std::uint64_t>(i * d), row_map(m, i),

@@ -45,22 +45,30 @@ inline double householder_max_entry(Index m) {
 /// - Scales minimise the per-group proxy: s_small/s_head = ((λ₁/√m)(m − 1)/(λ₂ q_m))^{1/3}, with
 ///   λ₂ the group's largest small range, floored at ε·λ₁ so a group of constant small rows gets a
 ///   large but finite weight. The head keeps s = 1 (a common factor per group changes nothing:
-///   the min/max quantizer is scale-equivariant).
+///   the min/max quantizer is scale-equivariant) unless the ranges are so large that the
+///   transformed rows could overflow; then every s is multiplied by the same power of two.
+/// - The arithmetic runs on the ranges divided by a power of two near the largest, exactly: no
+///   sum overflows, whatever the magnitudes, and every decision is the one of the plain ranges.
+/// \param range λ_i of every row (finite, ≥ 0)
+/// \param offset c_i of every row (see BlockHouseholderTransform), or empty for c = 0
 template <class Scalar>
-std::optional<BlockHouseholderTransform<Scalar>> bhq_transform(const Vector<Scalar>& range) {
+std::optional<BlockHouseholderTransform<Scalar>> bhq_transform(const Vector<Scalar>& range,
+                                                               Vector<Scalar> offset = {}) {
   const Index n = range.size();
   if (n < 3) return std::nullopt;
   std::vector<Index> sorted(static_cast<std::size_t>(n));
   std::iota(sorted.begin(), sorted.end(), Index{0});
   std::stable_sort(sorted.begin(), sorted.end(),
                    [&](Index a, Index b) { return range(a) > range(b); });
-  auto lambda = [&](Index i) { return static_cast<double>(range(sorted[i])); };  // 0-based
-  if (!(lambda(0) > 0)) return std::nullopt;
+  if (!(range(sorted[0]) > 0)) return std::nullopt;
+  const int top = std::ilogb(static_cast<double>(range(sorted[0])));
+  auto relative = [&](Index row) { return std::ldexp(static_cast<double>(range(row)), -top); };
+  auto lambda = [&](Index i) { return relative(sorted[i]); };  // 0-based, in [0, 2)
 
   double total = 0;
   for (Index i = 0; i < n; ++i) total += lambda(i);
   Index z = 0, k = n;
-  while (true) {
+  while (z < n - 1) {  // z = N − 1 always stops it: (N − 1)·λ_(1)/λ_(1) > 1
     ++z;
     total -= lambda(n - z);
     k = n - z;
@@ -71,7 +79,7 @@ std::optional<BlockHouseholderTransform<Scalar>> bhq_transform(const Vector<Scal
   order.reserve(static_cast<std::size_t>(n));
   Vector<Scalar> scale = Vector<Scalar>::Ones(n);
   double cumulative = 0;
-  Index given = 0;
+  Index given = 0, largest_group = 1;
   for (Index i = 0; i < k; ++i) {
     cumulative += static_cast<double>(z) * lambda(i) / total;
     Index upto = static_cast<Index>(std::round(cumulative));
@@ -81,6 +89,7 @@ std::optional<BlockHouseholderTransform<Scalar>> bhq_transform(const Vector<Scal
     }
     upto = std::min(std::max(upto, given), z);
     const Index m = upto - given + 1;
+    largest_group = std::max(largest_group, m);
     order.push_back(sorted[i]);
     for (Index j = given; j < upto; ++j) order.push_back(sorted[k + j]);
     if (m >= 2) {
@@ -95,7 +104,20 @@ std::optional<BlockHouseholderTransform<Scalar>> bhq_transform(const Vector<Scal
     given = upto;
     offsets.push_back(static_cast<Index>(order.size()));
   }
-  return BlockHouseholderTransform<Scalar>(std::move(order), std::move(offsets), std::move(scale));
+
+  // Every value T and T⁻¹ form is below 27·m·max_r s_r·λ_r (|s·(x − c)| ≤ s·λ; a reflection
+  // grows a column's largest entry by at most 3√m, once forward and once back): keep that 16
+  // times below the largest Scalar.
+  double largest = 0;
+  for (Index r = 0; r < n; ++r) largest = std::max(largest, double(scale(r)) * relative(r));
+  const double excess = std::log2(32.0 * static_cast<double>(largest_group) * largest) + top -
+                        std::log2(static_cast<double>(std::numeric_limits<Scalar>::max()));
+  if (excess > -4) {
+    const int shift = static_cast<int>(std::ceil(excess)) + 4;
+    for (Index r = 0; r < n; ++r) scale(r) = std::ldexp(scale(r), -shift);
+  }
+  return BlockHouseholderTransform<Scalar>(std::move(order), std::move(offsets), std::move(scale),
+                                           std::move(offset));
 }
 
 }  // namespace detail
@@ -129,17 +151,19 @@ class BlockHouseholderQuantizer {
   Grid grid() const { return rows_.grid(); }
   int levels() const { return rows_.levels(); }
 
-  /// \brief The transform T that BHQ uses for x (nothing when it falls back to PSQ).
+  /// \brief The transform T that BHQ uses for x (nothing when it falls back to PSQ). Rows whose
+  /// range does not contain 0 are centred on their midpoint before they are mixed.
   std::optional<BlockHouseholderTransform<Scalar>> transform_for(
       const MatrixCRef<Scalar>& x) const {
     if (x.rows() == 0 || x.cols() == 0) return std::nullopt;
-    Vector<Scalar> range(x.rows());
+    Vector<Scalar> range(x.rows()), offset(x.rows());
     parallel_for(x.rows(), x.cols(), [&](Index i) {
       Scalar lo, hi;
       detail::row_range<Scalar>(x, i, lo, hi, name());
       range(i) = hi - lo;
+      offset(i) = lo <= 0 && hi >= 0 ? Scalar(0) : lo + range(i) / 2;
     });
-    return detail::bhq_transform(range);
+    return detail::bhq_transform(range, std::move(offset));
   }
 
   /// \brief Quantizes T·x row by row; the result carries T (dequantize applies T⁻¹).
@@ -222,6 +246,7 @@ class BlockHouseholderQuantizer {
             ((1 - 4 * v * v) * sigma.row(r) + 4 * v * v * u) / (double(s(r)) * double(s(r)));
       }
     }
+    detail::checked_variance<Scalar>(out.sum(), name());
     return out;
   }
 
@@ -252,18 +277,18 @@ class BlockHouseholderQuantizer {
     const auto maps = rows_.maps(tx);
     double total = 0;
     for (Index r = 0; r < tx.rows(); ++r) total += c(r) * per_row(tx, r, maps.get(r));
-    return static_cast<Scalar>(total);
+    return detail::checked_variance<Scalar>(total, name());
   }
 
-  // The fused pass: per group, w = Σ v_j s_j x_j; each transformed row s_j x_j − 2 v_j w is formed
-  // in a row buffer, gets its grid, and is quantized. For values (fake quantization) the group is
-  // then reflected back and unscaled in place.
+  // The fused pass: per group, w = Σ v_j s_j (x_j − c_j); each transformed row is formed in a row
+  // buffer, gets its grid, and is quantized. For values (fake quantization) the group is then
+  // mapped back in place. The transform's own routines do the arithmetic, so the rows are those of
+  // BlockHouseholderTransform::apply, bit for bit.
   template <class Out>
   void run(const MatrixCRef<Scalar>& x, const BlockHouseholderTransform<Scalar>& t,
            const Philox& rng, Out* out, Index stride, Vector<Scalar>* scale,
            Vector<Scalar>* zero_point) const {
-    const Index d = x.cols();
-    const auto& s = t.row_scale();
+    const Index d = x.cols(), x_stride = x.outerStride();
     const Index chunks_per_row = d / static_cast<Index>(detail::kChunk) + 2;
     parallel_for(t.groups(), d * 2, [&](Index g) {
       thread_local Eigen::Matrix<Scalar, 1, Eigen::Dynamic> w, row;
@@ -271,17 +296,7 @@ class BlockHouseholderQuantizer {
       w.resize(d);
       row.resize(d);
       const Index m = t.group_size(g);
-      using Reflector = BlockHouseholderTransform<Scalar>;
-      if (m >= 2) {
-        detail::scale_into(Reflector::reflector(m, 0) * s(t.member(g, 0)),
-                           x.row(t.member(g, 0)).data(), w.data(), d);
-        for (Index j = 1; j < m; ++j) {
-          const Index r = t.member(g, j);
-          detail::fma_into(Reflector::reflector(m, j) * s(r), x.row(r).data(), w.data(), d);
-        }
-      } else {
-        w.setZero();
-      }
+      t.mix(x.data(), x_stride, d, g, w.data());
       // The rows of the next group are read from memory while this group's rounding computes:
       // BHQ's extra pass over G then costs cache hits rather than memory latency.
       detail::Prefetcher prefetch;
@@ -297,11 +312,10 @@ class BlockHouseholderQuantizer {
       }
       for (Index j = 0; j < m; ++j) {
         const Index r = t.member(g, j);
-        const Scalar v2 = m >= 2 ? 2 * Reflector::reflector(m, j) : 0;
         Scalar lo, hi;
-        if (!detail::transformed_row(s(r), x.row(r).data(), v2, w.data(), row.data(), d, lo, hi))
+        if (!t.transform_row(x.data(), x_stride, d, g, j, w.data(), row.data(), lo, hi))
           detail::throw_non_finite<Scalar>(x, name());
-        const auto map = detail::choose_grid(lo, hi, levels(), grid());
+        const auto map = detail::choose_grid(lo, hi, levels(), grid(), name());
         if (scale) {
           (*scale)(r) = map.scale;
           (*zero_point)(r) = map.zero_point;
@@ -311,23 +325,9 @@ class BlockHouseholderQuantizer {
             levels(), rng, out + r * stride, &prefetch);
       }
       if constexpr (std::is_floating_point_v<Out>) {
-        if (m >= 2) {
-          detail::scale_into(Reflector::reflector(m, 0), out + t.member(g, 0) * stride, w.data(),
-                             d);
-          for (Index j = 1; j < m; ++j)
-            detail::fma_into(Reflector::reflector(m, j), out + t.member(g, j) * stride, w.data(),
-                             d);
-        } else {
-          w.setZero();
-        }
-        for (Index j = 0; j < m; ++j) {
-          // out_r = (out_r − 2 v_j w) / s_r
-          Scalar* o = out + t.member(g, j) * stride;
-          const Scalar v2 = m >= 2 ? 2 * Reflector::reflector(m, j) : 0;
-          const Scalar inv_s = 1 / s(t.member(g, j));
-          detail::fma_into(-v2, w.data(), o, d);
-          for (Index k = 0; k < d; ++k) o[k] *= inv_s;
-        }
+        check_domain(t.invert_group(out, stride, d, g, w.data()), name(),
+                     "a dequantized value of group ", g, " (head row ", t.member(g, 0),
+                     ") overflows: the input lies within rounding of the largest finite value");
       }
     });
   }

@@ -208,6 +208,7 @@ inline double row_variance(const Scalar* x, Index n, const AffineMap<Scalar>& ma
     const Scalar y = std::fma(x[j], iv, z);
     if (!(y > 0) || !(y < b)) continue;  // clamped at an end of the grid: deterministic
     const double p = round_up_probability(static_cast<double>(y - std::floor(y)));
+    if (!(p > 0 && p < 1)) continue;  // on the grid: exact (and Δ² may overflow, inf·0)
     const double s = static_cast<double>(scale_col ? scale_col[j] : map.scale);
     total += s * s * p * (1 - p);
   }

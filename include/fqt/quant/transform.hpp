@@ -2,11 +2,22 @@
 /// \file
 /// \brief The block Householder row transform of BHQ, applied implicitly in O(N·D).
 ///
-/// T = Pᵀ·blockdiag(H_{m_1}, …, H_{m_k})·P·diag(s): scale row i by s_i, then, inside each group
-/// of rows (a head followed by its small rows), apply the reflection H_m = I − 2vvᵀ with
+/// T·x = Pᵀ·blockdiag(H_{m_1}, …, H_{m_k})·P·diag(s)·(x − c·𝟙ᵀ): shift row i by its offset c_i
+/// (0 for a row whose range contains 0, its midpoint otherwise), scale it by s_i, then, inside each
+/// group of rows (a head followed by its small rows), apply the reflection H_m = I − 2vvᵀ with
 /// v ∝ 𝟙/√m − e₁, which maps the head onto the all-1/√m direction. H_m is symmetric and
-/// orthogonal, so T⁻¹ = diag(1/s)·Pᵀ·blockdiag(H)·P. Neither T nor T⁻¹ is ever formed: one
-/// reflection costs two passes over its m rows (w = Σ v_j x_j, then x_j −= 2 v_j w).
+/// orthogonal, so T⁻¹·y = diag(1/s)·Pᵀ·blockdiag(H)·P·y + c·𝟙ᵀ. Neither T nor T⁻¹ is ever formed:
+/// one reflection costs two passes over its m rows (w = Σ v_j x_j, then x_j −= 2 v_j w).
+///
+/// Why the offsets: a row with a large offset and a small range (say constant rows at 10⁵ beside a
+/// head row of unit scale) would otherwise be mixed as s·10⁵, and the float rounding of s·10⁵ − 2vw
+/// would swamp the head's contribution — a deterministic error that biases BHQ. Centred, every
+/// transformed value is of the order of the ranges, and its rounding is far below one step. A row
+/// that contains 0 keeps c = 0, so its exact zeros stay exact zeros of the transformed rows.
+///
+/// The routines `mix`, `transform_row` and `invert_group` are the only places where the
+/// reflections are computed: `apply`, `apply_inverse` and BHQ's fused kernel all call them, so the
+/// transformed rows (and so the codes) are bit-identical whichever path computes them.
 
 #include <cmath>
 #include <vector>
@@ -17,7 +28,8 @@
 
 namespace fqt {
 
-/// \brief A row transform made of row scalings and Householder reflections over groups of rows.
+/// \brief An affine row transform made of row shifts, row scalings and Householder reflections
+/// over groups of rows.
 template <class Scalar>
 class BlockHouseholderTransform {
  public:
@@ -27,16 +39,25 @@ class BlockHouseholderTransform {
   /// \param offsets group g is order[offsets[g] .. offsets[g+1]); offsets.front() == 0,
   ///        offsets.back() == order.size()
   /// \param row_scale s_i for every row i (positive, finite)
+  /// \param row_offset c_i for every row i (finite), or empty for c = 0
   BlockHouseholderTransform(std::vector<Index> order, std::vector<Index> offsets,
-                            Vector<Scalar> row_scale)
-      : order_(std::move(order)), offsets_(std::move(offsets)), scale_(std::move(row_scale)) {
+                            Vector<Scalar> row_scale, Vector<Scalar> row_offset = {})
+      : order_(std::move(order)),
+        offsets_(std::move(offsets)),
+        scale_(std::move(row_scale)),
+        shift_(std::move(row_offset)) {
+    constexpr const char* kWhere = "BlockHouseholderTransform";
     check(!offsets_.empty() && offsets_.front() == 0 &&
               offsets_.back() == static_cast<Index>(order_.size()) &&
               static_cast<Index>(order_.size()) == scale_.size(),
-          "BlockHouseholderTransform", "inconsistent groups: ", order_.size(), " rows in order, ",
-          scale_.size(), " scales");
-    check((scale_.array() > 0).all() && scale_.allFinite(), "BlockHouseholderTransform",
+          kWhere, "inconsistent groups: ", order_.size(), " rows in order, ", scale_.size(),
+          " scales");
+    check((scale_.array() > 0).all() && scale_.allFinite(), kWhere,
           "row scales must be positive and finite");
+    if (shift_.size() == 0) shift_ = Vector<Scalar>::Zero(scale_.size());
+    check(shift_.size() == scale_.size() && shift_.allFinite(), kWhere,
+          "row offsets: ", shift_.size(), " for ", scale_.size(), " rows; they must be finite");
+    inv_scale_ = scale_.cwiseInverse();
   }
 
   /// Number of rows N the transform acts on.
@@ -49,6 +70,8 @@ class BlockHouseholderTransform {
   Index member(Index g, Index j) const { return order_[offsets_[g] + j]; }
   /// The row scales s.
   const Vector<Scalar>& row_scale() const { return scale_; }
+  /// The row offsets c (zero for rows whose range contains 0).
+  const Vector<Scalar>& row_offset() const { return shift_; }
 
   /// Component j of the unit reflection vector v of a group of size m (m ≥ 2).
   static Scalar reflector(Index m, Index j) {
@@ -60,31 +83,75 @@ class BlockHouseholderTransform {
   /// \brief x ← T·x in place (x has rows() rows). O(N·D), no allocation beyond one row.
   void apply(MatrixRef<Scalar> x) const {
     check_rows(x.rows(), "BlockHouseholderTransform::apply");
-    x.array().colwise() *= scale_.array();
-    Eigen::Matrix<Scalar, 1, Eigen::Dynamic> w(x.cols());
-    for (Index g = 0; g < groups(); ++g) reflect(x, g, w);
+    const Index d = x.cols(), stride = x.outerStride();
+    Eigen::Matrix<Scalar, 1, Eigen::Dynamic> w(d);
+    for (Index g = 0; g < groups(); ++g) {
+      mix(x.data(), stride, d, g, w.data());
+      for (Index j = 0; j < group_size(g); ++j) {
+        Scalar* row = x.data() + member(g, j) * stride;
+        Scalar lo, hi;
+        transform_row(x.data(), stride, d, g, j, w.data(), row, lo, hi);
+      }
+    }
   }
 
   /// \brief x ← T⁻¹·x in place.
+  /// \throws std::domain_error if a result is not finite (x far outside the range T maps)
   void apply_inverse(MatrixRef<Scalar> x) const {
     check_rows(x.rows(), "BlockHouseholderTransform::apply_inverse");
     Eigen::Matrix<Scalar, 1, Eigen::Dynamic> w(x.cols());
-    for (Index g = 0; g < groups(); ++g) reflect(x, g, w);
-    x.array().colwise() *= scale_.cwiseInverse().array();
+    for (Index g = 0; g < groups(); ++g) {
+      check_domain(invert_group(x.data(), x.outerStride(), x.cols(), g, w.data()),
+                   "BlockHouseholderTransform::apply_inverse",
+                   "a value of the result overflows (the input lies outside the range of T)");
+    }
   }
 
-  /// \brief Reflects the rows of group g of x in place: x_j ← x_j − 2 v_j Σ_i v_i x_i, with
-  /// explicit fused multiply-adds (the same operations as BHQ's fused kernel).
-  /// \param w workspace of x.cols() elements
-  void reflect(MatrixRef<Scalar> x, Index g, Eigen::Matrix<Scalar, 1, Eigen::Dynamic>& w) const {
-    const Index m = group_size(g), d = x.cols();
-    if (m < 2) return;
-    w.resize(d);
-    detail::scale_into(reflector(m, 0), x.row(member(g, 0)).data(), w.data(), d);
-    for (Index j = 1; j < m; ++j)
-      detail::fma_into(reflector(m, j), x.row(member(g, j)).data(), w.data(), d);
-    for (Index j = 0; j < m; ++j)
-      detail::fma_into(-2 * reflector(m, j), w.data(), x.row(member(g, j)).data(), d);
+  /// \brief w ← Σ_j (v_j·s_j)·(x_j − c_j) over the members j of group g, whose rows are
+  /// x + r·stride (d elements each); w ← 0 for a group of one row.
+  void mix(const Scalar* x, Index stride, Index d, Index g, Scalar* w) const {
+    const Index m = group_size(g);
+    if (m < 2) {
+      std::fill(w, w + d, Scalar(0));
+      return;
+    }
+    const Index head = member(g, 0);
+    detail::scale_shifted_into(reflector(m, 0) * scale_(head), x + head * stride, shift_(head), w,
+                               d);
+    for (Index j = 1; j < m; ++j) {
+      const Index r = member(g, j);
+      detail::fma_shifted_into(reflector(m, j) * scale_(r), x + r * stride, shift_(r), w, d);
+    }
+  }
+
+  /// \brief Transformed row j of group g: t ← fma(−2v_j, w, s_r·(x_r − c_r)) with w from `mix`,
+  /// and its minimum and maximum in the same pass. t may be the row x_r itself.
+  /// \return false if a transformed value is not finite
+  bool transform_row(const Scalar* x, Index stride, Index d, Index g, Index j, const Scalar* w,
+                     Scalar* t, Scalar& lo, Scalar& hi) const {
+    const Index m = group_size(g), r = member(g, j);
+    const Scalar v2 = m >= 2 ? 2 * reflector(m, j) : Scalar(0);
+    return detail::transformed_row(scale_(r), x + r * stride, shift_(r), v2, w, t, d, lo, hi);
+  }
+
+  /// \brief The rows of group g of y (row r at y + r·stride) ← diag(1/s)·H·y + c, in place.
+  /// \param w workspace of d elements
+  /// \return false if a result is not finite
+  bool invert_group(Scalar* y, Index stride, Index d, Index g, Scalar* w) const {
+    const Index m = group_size(g);
+    if (m >= 2) {
+      detail::scale_into(reflector(m, 0), y + member(g, 0) * stride, w, d);
+      for (Index j = 1; j < m; ++j)
+        detail::fma_into(reflector(m, j), y + member(g, j) * stride, w, d);
+    }
+    bool finite = true;
+    for (Index j = 0; j < m; ++j) {
+      const Index r = member(g, j);
+      Scalar* row = y + r * stride;
+      if (m >= 2) detail::fma_into(-2 * reflector(m, j), w, row, d);
+      finite = detail::scale_shift_in_place(inv_scale_(r), shift_(r), row, d) && finite;
+    }
+    return finite;
   }
 
   /// \brief c_r = ‖T⁻¹ e_r‖², the factor by which noise injected in transformed row r is
@@ -119,7 +186,7 @@ class BlockHouseholderTransform {
 
   std::vector<Index> order_;
   std::vector<Index> offsets_{0};
-  Vector<Scalar> scale_;
+  Vector<Scalar> scale_, inv_scale_, shift_;
 };
 
 }  // namespace fqt

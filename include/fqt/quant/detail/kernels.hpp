@@ -70,23 +70,72 @@ inline void scale_into(Scalar a, const Scalar* x, Scalar* y, Index n) {
   for (Index j = 0; j < n; ++j) y[j] = a * x[j];
 }
 
-/// \brief t[j] = fma(−c, w[j], s·x[j]) — one transformed BHQ row — and its min and max in the
-/// same pass; false if any result is not finite.
+/// \brief y[j] = a·(x[j] − c) for j in [0, n) (exactly a·x[j] when c = 0).
 template <class Scalar>
-inline bool transformed_row(Scalar s, const Scalar* x, Scalar c, const Scalar* w, Scalar* t,
-                            Index n, Scalar& lo, Scalar& hi) {
+inline void scale_shifted_into(Scalar a, const Scalar* x, Scalar c, Scalar* y, Index n) {
+  for (Index j = 0; j < n; ++j) y[j] = a * (x[j] - c);
+}
+
+/// \brief y[j] = fma(a, x[j] − c, y[j]) for j in [0, n) (exactly fma(a, x[j], y[j]) when c = 0).
+template <class Scalar>
+inline void fma_shifted_into(Scalar a, const Scalar* x, Scalar c, Scalar* y, Index n) {
+  Index j = 0;
+#if FQT_HAVE_AVX512
+  if constexpr (std::is_same_v<Scalar, float>) {
+    const __m512 va = _mm512_set1_ps(a), vc = _mm512_set1_ps(c);
+    for (; j + 16 <= n; j += 16) {
+      const __m512 shifted = _mm512_sub_ps(_mm512_loadu_ps(x + j), vc);
+      _mm512_storeu_ps(y + j, _mm512_fmadd_ps(va, shifted, _mm512_loadu_ps(y + j)));
+    }
+  }
+#endif
+  for (; j < n; ++j) y[j] = std::fma(a, x[j] - c, y[j]);
+}
+
+/// \brief y[j] = y[j]·a, then + c when c ≠ 0 as fma(y[j], a, c) (the sign of a zero is kept
+/// when c = 0); false if a result is not finite.
+template <class Scalar>
+inline bool scale_shift_in_place(Scalar a, Scalar c, Scalar* y, Index n) {
+  Index j = 0;
+  bool finite = true;
+#if FQT_HAVE_AVX512
+  if constexpr (std::is_same_v<Scalar, float>) {
+    const __m512 va = _mm512_set1_ps(a), vc = _mm512_set1_ps(c);
+    __mmask16 bad = 0;
+    for (; j + 16 <= n; j += 16) {
+      const __m512 v = c != 0 ? _mm512_fmadd_ps(_mm512_loadu_ps(y + j), va, vc)
+                              : _mm512_mul_ps(_mm512_loadu_ps(y + j), va);
+      _mm512_storeu_ps(y + j, v);
+      // v − v is 0 for finite v and NaN for ±inf or NaN.
+      bad |= _mm512_cmp_ps_mask(_mm512_sub_ps(v, v), _mm512_sub_ps(v, v), _CMP_UNORD_Q);
+    }
+    finite = bad == 0;
+  }
+#endif
+  for (; j < n; ++j) {
+    y[j] = c != 0 ? std::fma(y[j], a, c) : y[j] * a;
+    finite = finite && std::isfinite(y[j]);
+  }
+  return finite;
+}
+
+/// \brief t[j] = fma(−v2, w[j], s·(x[j] − c)) — one transformed BHQ row — and its min and max in
+/// the same pass; false if any result is not finite. t may alias x.
+template <class Scalar>
+inline bool transformed_row(Scalar s, const Scalar* x, Scalar c, Scalar v2, const Scalar* w,
+                            Scalar* t, Index n, Scalar& lo, Scalar& hi) {
   Index j = 0;
   Scalar l = std::numeric_limits<Scalar>::infinity(), h = -l;
   bool nan = false;
 #if FQT_HAVE_AVX512
   if constexpr (std::is_same_v<Scalar, float>) {
     if (n >= 16) {
-      const __m512 vs = _mm512_set1_ps(s), vc = _mm512_set1_ps(-c);
+      const __m512 vs = _mm512_set1_ps(s), vneg = _mm512_set1_ps(-v2), vc = _mm512_set1_ps(c);
       __m512 vl = _mm512_set1_ps(l), vh = _mm512_set1_ps(h);
       __mmask16 bad = 0;
       for (; j + 16 <= n; j += 16) {
-        const __m512 v =
-            _mm512_fmadd_ps(vc, _mm512_loadu_ps(w + j), _mm512_mul_ps(vs, _mm512_loadu_ps(x + j)));
+        const __m512 shifted = _mm512_sub_ps(_mm512_loadu_ps(x + j), vc);
+        const __m512 v = _mm512_fmadd_ps(vneg, _mm512_loadu_ps(w + j), _mm512_mul_ps(vs, shifted));
         _mm512_storeu_ps(t + j, v);
         vl = _mm512_min_ps(vl, v), vh = _mm512_max_ps(vh, v);
         bad |= _mm512_cmp_ps_mask(v, v, _CMP_UNORD_Q);
@@ -98,7 +147,7 @@ inline bool transformed_row(Scalar s, const Scalar* x, Scalar c, const Scalar* w
   }
 #endif
   for (; j < n; ++j) {
-    const Scalar v = std::fma(-c, w[j], s * x[j]);
+    const Scalar v = std::fma(-v2, w[j], s * (x[j] - c));
     t[j] = v;
     nan = nan || std::isnan(v);
     l = std::min(l, v);
