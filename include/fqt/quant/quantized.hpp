@@ -19,6 +19,8 @@ namespace fqt {
 /// (gemmlowp's convention: on a zero-aligned grid zero_point is an integer and 0 is exact). When
 /// `transform` is set (BHQ), the codes quantize T·x and the value is T⁻¹ applied to the
 /// dequantized rows; an integer GEMM Q·W may run on the codes and apply T⁻¹ to its N-row output.
+/// T is affine: T⁻¹·y = diag(s)⁻¹·H·y + c·𝟙ᵀ with c the row offsets (zero for rows whose range
+/// contains 0), so T⁻¹(Q)·W = diag(s)⁻¹·H·(Q·W) + c·(𝟙ᵀW).
 /// \tparam Scalar float or double
 /// \tparam Code an unsigned integer type wide enough for the bit width
 template <class Scalar, class Code>
@@ -37,6 +39,7 @@ struct Quantized {
   Index cols() const { return codes.cols(); }
 
   /// \brief The values the codes stand for, written into out (same shape as codes); overwrites.
+  /// \throws std::domain_error if T⁻¹ maps a value past the largest finite Scalar (BHQ only)
   void dequantize(MatrixRef<Scalar> out) const {
     check(out.rows() == rows() && out.cols() == cols(), "Quantized::dequantize", "output is ",
           out.rows(), "x", out.cols(), ", codes are ", rows(), "x", cols());
