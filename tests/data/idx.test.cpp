@@ -15,6 +15,8 @@
 #include <system_error>
 #include <vector>
 
+#include "support/skip.hpp"
+
 namespace fs = std::filesystem;
 using fqt::data::format_error;
 using fqt::data::IdxArray;
@@ -437,9 +439,10 @@ TEST_CASE("load_mnist rejects inconsistent files", "[data][idx]") {
 }
 
 TEST_CASE("load_mnist reads the Fashion-MNIST test split", "[data][idx]") {
-  const fs::path dir = "/usr/share/datasets/fashion-mnist";
-  if (!fs::is_directory(dir)) {
-    WARN("skipped: " << dir << " does not exist");
+  const fs::path dir = fqt_test::fashion_mnist_dir();
+  if (!fqt_test::prerequisite(
+          fs::is_directory(dir),
+          dir.string() + " does not exist (Debian: apt install dataset-fashion-mnist)")) {
     return;
   }
   const fqt::data::MnistData test = fqt::data::load_mnist(dir, Split::Test);

@@ -18,6 +18,8 @@
 #include <string>
 #include <vector>
 
+#include "support/skip.hpp"
+
 namespace fs = std::filesystem;
 namespace nn = fqt::nn;
 using Catch::Matchers::Contains;
@@ -363,24 +365,25 @@ TEST_CASE("The comparison runs end to end and writes a well-formed CSV", "[train
   CHECK_THAT(pivot.str(), Contains("| ptq | zero |"));
   CHECK_THAT(fqt_train::reading(results, test.size(), test.classes), Contains("QAT:"));
 
-  if (fqt_examples::on_path("gnuplot")) {
+  if (fqt_test::prerequisite(fqt_examples::on_path("gnuplot"),
+                             "gnuplot is not on PATH, the plots are not tested (Debian: apt "
+                             "install gnuplot-nox)")) {
     const std::string prefix = (dir / "plot").string();
     const auto messages = fqt_train::plot(results, prefix, "test");
     REQUIRE(messages.size() == 2);
     for (const char* suffix : {"_accuracy.png", "_variance.png"}) {
       CHECK(read_text(prefix + suffix).substr(1, 3) == "PNG");
     }
-  } else {
-    WARN("gnuplot is not on PATH: the plots are not tested");
   }
 }
 
 #ifndef FQT_SKIP_SLOW_TESTS
 TEST_CASE("One short epoch on Fashion-MNIST reaches 75% in Exact mode and 8-bit BHQ FQT matches it",
           "[train][slow]") {
-  const fs::path dir = fqt_train::default_data_dir();
-  if (!fs::is_directory(dir)) {
-    WARN("skipped: " << dir << " does not exist (Debian: apt install dataset-fashion-mnist)");
+  const fs::path dir = fqt_test::fashion_mnist_dir();
+  if (!fqt_test::prerequisite(
+          fs::is_directory(dir),
+          dir.string() + " does not exist (Debian: apt install dataset-fashion-mnist)")) {
     return;
   }
   fqt::set_num_threads(1);
