@@ -268,6 +268,47 @@ TEST_CASE("read_idx rejects dimensions that overflow or exceed the size limit", 
   }
 }
 
+TEST_CASE("read_idx bounds the dimensions of an empty array too", "[data][idx]") {
+  const bool gzip = GENERATE(false, true);
+  CAPTURE(gzip);
+  TempDir dir;
+  const fs::path path = dir / "empty-but-huge";
+  // No element, but a consumer multiplying the other dimensions (rows x cols) would overflow.
+  write_bytes(path, idx_header({0, 0xFFFFFFFF, 0xFFFFFFFF}), gzip);
+  CHECK_THROWS_MATCHES(
+      fqt::data::read_idx(path), format_error,
+      message_contains({"read_idx: " + path.string(), "dimensions 0 x 4294967295 x 4294967295",
+                        "non-zero dimensions", "limit of 1073741824 bytes"}));
+  write_bytes(path, idx_header({0xFFFFFFFF, 0, 0xFFFFFFFF, 0xFFFFFFFF}), gzip);
+  CHECK_THROWS_MATCHES(fqt::data::read_idx(path), format_error,
+                       message_contains({"4294967295 x 0 x 4294967295 x 4294967295"}));
+  // Within the limit, an empty array of large items is valid.
+  write_bytes(path, idx_header({0, 1u << 15, 1u << 15}), gzip);
+  CHECK(fqt::data::read_idx(path).dims == std::vector<std::uint32_t>{0, 1u << 15, 1u << 15});
+  CHECK_THROWS_MATCHES(fqt::data::read_idx(path, (std::uint64_t{1} << 30) - 1), format_error,
+                       message_contains({"dimensions 0 x 32768 x 32768", "non-zero dimensions"}));
+}
+
+TEST_CASE("load_mnist refuses images whose pixel count rows x cols overflows", "[data][idx]") {
+  const bool gzip = GENERATE(false, true);
+  CAPTURE(gzip);
+  TempDir dir;
+  const std::string suffix = gzip ? ".gz" : "";
+  const fs::path images_path = dir / ("t10k-images-idx3-ubyte" + suffix);
+  // 0 images of (2^32 - 1) x (2^32 - 1) pixels: rows * cols overflows a signed 64-bit Index.
+  write_bytes(images_path, idx_header({0, 0xFFFFFFFF, 0xFFFFFFFF}), gzip);
+  fqt::data::write_idx(dir / ("t10k-labels-idx1-ubyte" + suffix), IdxArray{{0}, {}}, gzip);
+  CHECK_THROWS_MATCHES(fqt::data::load_mnist(dir.path(), Split::Test), format_error,
+                       message_contains({"load_mnist: " + images_path.string(),
+                                         "dimensions 0 x 4294967295 x 4294967295"}));
+  // 0 images of 28 x 28 are a valid, empty data set.
+  fqt::data::write_idx(images_path, IdxArray{{0, 28, 28}, {}}, gzip);
+  const fqt::data::MnistData empty = fqt::data::load_mnist(dir.path(), Split::Test);
+  CHECK(empty.images.rows() == 0);
+  CHECK(empty.images.cols() == 28 * 28);
+  CHECK(empty.labels.empty());
+}
+
 TEST_CASE("read_idx reports truncated data with the expected and actual sizes", "[data][idx]") {
   const bool gzip = GENERATE(false, true);
   CAPTURE(gzip);

@@ -64,15 +64,18 @@ struct IdxArray {
 /// \brief Reads an IDX file of unsigned bytes, gzip-compressed or not (detected from the content,
 /// not from the name).
 ///
-/// The header is validated before the payload is allocated: the element count may not overflow
-/// or exceed `max_bytes`, and it must fit in the file (exactly for a plain file; for a gzip file,
+/// The header is validated before the payload is allocated: the element count (and, for an empty
+/// array, the product of its non-zero dimensions) may not overflow or exceed `max_bytes`, and it
+/// must fit in the file (exactly for a plain file; for a gzip file,
 /// within deflate's maximum expansion of 1032:1). The payload is then read in one bulk read.
 /// \param path the file, e.g. `.../t10k-images-idx3-ubyte.gz`
 /// \param max_bytes largest payload accepted, in bytes
 /// \return the dimensions and the payload
 /// \throws io_error if the file does not exist or cannot be read
 /// \throws format_error on a wrong magic number, a type code other than 0x08, zero dimensions,
-/// a payload larger than `max_bytes`, truncated data, trailing data or a corrupt gzip stream.
+/// a payload larger than `max_bytes` (for an empty array: non-zero dimensions whose product
+/// exceeds `max_bytes`, so that no product of dimensions overflows), truncated data, trailing
+/// data or a corrupt gzip stream.
 /// Bytes that follow a complete gzip stream and are not themselves gzip are ignored (by zlib).
 inline IdxArray read_idx(const std::filesystem::path& path,
                          std::uint64_t max_bytes = default_max_idx_bytes);
@@ -117,8 +120,9 @@ struct MnistData {
 /// and validated)
 /// \return the first min(N, max_samples) images and labels
 /// \throws io_error if a file is missing or unreadable
-/// \throws format_error if a file is invalid (see read_idx), the images are not 3-D or the labels
-/// not 1-D, their counts differ, or a label is outside 0..9
+/// \throws format_error if a file is invalid (see read_idx; this covers images of rows x cols
+/// above its byte limit, even when there are 0 of them), the images are not 3-D or the labels not
+/// 1-D, their counts differ, or a label is outside 0..9
 /// \throws std::invalid_argument if `max_samples` is negative
 inline MnistData load_mnist(const std::filesystem::path& dir, Split split,
                             Index max_samples = all_samples);
@@ -256,18 +260,29 @@ inline IdxArray read_idx(const std::filesystem::path& path, std::uint64_t max_by
   const std::uint64_t limit = std::min<std::uint64_t>(
       {max_bytes, std::numeric_limits<std::size_t>::max(),
        static_cast<std::uint64_t>(std::numeric_limits<Index>::max()), std::uint64_t{1} << 62});
-  std::uint64_t expected = empty ? 0 : 1;
-  for (std::size_t d = 0; d < ndims && !empty; ++d) {
-    if (expected > limit / array.dims[d]) {
+  // The product of the non-zero dimensions is bounded even when another dimension is 0: an
+  // empty array of 0 x 2^32-1 x 2^32-1 holds no byte, but the size of one of its items (rows x
+  // cols for images) would overflow the caller's arithmetic. Bounding the whole product bounds
+  // the product of every subset of the dimensions.
+  std::uint64_t nonzero_product = 1;
+  for (std::size_t d = 0; d < ndims; ++d) {
+    if (array.dims[d] == 0) continue;
+    if (nonzero_product > limit / array.dims[d]) {
       std::string shape;
       for (std::size_t e = 0; e < ndims; ++e) {
         shape += (e == 0 ? "" : " x ") + std::to_string(array.dims[e]);
       }
+      if (empty) {
+        fail<format_error>(where, path, "dimensions ", shape,
+                           ": the non-zero dimensions multiply to more than the limit of ", limit,
+                           " bytes (the array is empty, but the size of its items overflows)");
+      }
       fail<format_error>(where, path, "dimensions ", shape, " declare more than the limit of ",
                          limit, " bytes");
     }
-    expected *= array.dims[d];
+    nonzero_product *= array.dims[d];
   }
+  const std::uint64_t expected = empty ? 0 : nonzero_product;
 
   // Check the declared size against the file before allocating it.
   const std::uint64_t header_bytes = 4 + 4 * ndims;
@@ -421,6 +436,8 @@ inline MnistData load_mnist(const std::filesystem::path& dir, Split split, Index
   result.image_rows = images.dims[1];
   result.image_cols = images.dims[2];
   const Index count = std::min<Index>(images.dims[0], max_samples);
+  // Cannot overflow: read_idx bounds the product of the non-zero dimensions by its byte limit
+  // (below 2^62) even when there are 0 images.
   const Index pixels = result.image_rows * result.image_cols;
   const Eigen::Map<const Matrix<std::uint8_t>> bytes(images.data.data(), count, pixels);
   result.images = bytes.cast<float>() / 255.0f;
