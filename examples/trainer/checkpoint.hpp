@@ -17,20 +17,25 @@
 ///     end−4  uint32  CRC-32 (zlib's crc32, the ISO-HDLC / gzip polynomial) of every byte before it
 ///
 /// Loading refuses, with a fqt_train::checkpoint_error naming the file and the problem: a file
-/// that cannot be read, a wrong magic or version, a size other than the header declares
-/// (truncated or with trailing bytes), a checksum mismatch (corrupted), a malformed record, a
-/// non-finite value, and a file that does not match the model (another number of tensors, other
-/// names or shapes — a model of another architecture). The model is changed only when every
-/// check passed.
+/// that cannot be read, a directory, a device or a pipe (not a regular file), a wrong magic or
+/// version, a size other than the header declares (truncated or with trailing bytes), a checksum
+/// mismatch (corrupted), a malformed record, a non-finite value, and a file that does not match
+/// the model (another number of tensors, other names or shapes — a model of another
+/// architecture). The header is checked against the real size of the file before the rest is
+/// read, and a file more than twice the size of the model's own (plus 1 MiB) is refused from its
+/// header alone, so a huge or endless file costs no memory. The model is changed only when every
+/// check passed. Saving refuses what loading would refuse (names outside 1..1024 bytes,
+/// non-finite values) before it touches the file.
 
 #include <zlib.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstdint>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
-#include <iterator>
+#include <limits>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -52,6 +57,8 @@ class checkpoint_error : public std::runtime_error {
 inline constexpr char kCheckpointMagic[8] = {'F', 'Q', 'T', 'P', 'A', 'R', 'A', 'M'};
 /// \brief The format version this build writes and reads.
 inline constexpr std::uint32_t kCheckpointVersion = 1;
+/// \brief The longest parameter name the format holds, in bytes.
+inline constexpr std::size_t kCheckpointMaxNameBytes = 1024;
 
 namespace detail {
 
@@ -93,6 +100,16 @@ inline std::string shape_text(const std::vector<std::uint64_t>& dims) {
   return s.str();
 }
 
+/// The size in bytes of the file save_parameters writes for `parameters`.
+inline std::uint64_t checkpoint_size(const std::vector<nn::Parameter<float>>& parameters) {
+  std::uint64_t size = 24 + 4;  // header, checksum
+  for (const auto& p : parameters) {
+    size +=
+        4 + p.name.size() + 4 + 2 * 8 + 4 * static_cast<std::uint64_t>(p.variable.value().size());
+  }
+  return size;
+}
+
 /// One parsed record of a parameter file.
 struct Record {
   std::string name;
@@ -104,9 +121,30 @@ struct Record {
 }  // namespace detail
 
 /// \brief Writes `parameters` (names, shapes, values) to `path` in the format of this file.
-/// \throws checkpoint_error if the file cannot be written
+/// \throws checkpoint_error if a name is empty or longer than 1024 bytes, a value is not finite
+/// (then the file is not touched: loading would refuse it), or the file cannot be written
 inline void save_parameters(const std::vector<nn::Parameter<float>>& parameters,
                             const std::filesystem::path& path) {
+  if (parameters.size() > std::numeric_limits<std::uint32_t>::max()) {
+    detail::refuse(path, "cannot save ", parameters.size(),
+                   " parameter tensors: the format holds at most 2^32 - 1");
+  }
+  for (std::size_t k = 0; k < parameters.size(); ++k) {
+    const auto& p = parameters[k];
+    if (p.name.empty() || p.name.size() > kCheckpointMaxNameBytes) {
+      detail::refuse(path, "cannot save parameter ", k, " '", p.name.substr(0, 64),
+                     p.name.size() > 64 ? "...'" : "'", ": a name of ", p.name.size(),
+                     " bytes, the format holds names of [1, ", kCheckpointMaxNameBytes, "] bytes");
+    }
+    const Matrix& value = p.variable.value();
+    for (Index j = 0; j < value.size(); ++j) {
+      if (!std::isfinite(value.data()[j])) {
+        detail::refuse(path, "cannot save parameter '", p.name, "': non-finite value ",
+                       value.data()[j], " at element ", j,
+                       " (a parameter file holds finite values only)");
+      }
+    }
+  }
   std::string out(kCheckpointMagic, sizeof(kCheckpointMagic));
   detail::put_u32(out, kCheckpointVersion);
   detail::put_u32(out, static_cast<std::uint32_t>(parameters.size()));
@@ -145,18 +183,41 @@ inline void save_model(const Model& model, const std::filesystem::path& path) {
 /// \throws checkpoint_error naming the file and the problem (see the file comment)
 inline void load_parameters(const std::vector<nn::Parameter<float>>& parameters,
                             const std::filesystem::path& path) {
+  std::error_code error;
+  const auto status = std::filesystem::status(path, error);
+  if (std::filesystem::is_directory(status)) {
+    detail::refuse(path, "is a directory, not a parameter file");
+  }
+  if (std::filesystem::exists(status) && !std::filesystem::is_regular_file(status)) {
+    detail::refuse(path,
+                   "not a regular file (a device or a pipe?): a parameter file is read from "
+                   "a file whose size is known");
+  }
   std::ifstream file(path, std::ios::binary);
   if (!file) detail::refuse(path, "cannot open the file (missing or unreadable)");
-  const std::string in((std::istreambuf_iterator<char>(file)), std::istreambuf_iterator<char>());
-  if (file.bad()) detail::refuse(path, "read error");
+  const std::uint64_t real = std::filesystem::file_size(path, error);
+  if (error) detail::refuse(path, "cannot get the size of the file: ", error.message());
+  // Reads bytes [in.size(), size) of the file, appending them to `in`.
+  std::string in;
+  auto read_up_to = [&](std::uint64_t size) {
+    const std::size_t first = in.size();
+    in.resize(static_cast<std::size_t>(size));
+    file.read(&in[first], static_cast<std::streamsize>(in.size() - first));
+    if (static_cast<std::size_t>(file.gcount()) != in.size() - first) {
+      detail::refuse(path, "read error: got ", first + static_cast<std::size_t>(file.gcount()),
+                     " of the ", in.size(), " bytes of the file");
+    }
+  };
 
+  // The header first: nothing more is read unless it is a parameter file of a plausible size.
   constexpr std::size_t kHeader = 24, kChecksum = 4;
+  read_up_to(std::min<std::uint64_t>(real, kHeader));
   const std::size_t magic_bytes = std::min(in.size(), sizeof(kCheckpointMagic));
   if (std::memcmp(in.data(), kCheckpointMagic, magic_bytes) != 0) {
     detail::refuse(path, "not an fqt parameter file (the magic bytes are not \"FQTPARAM\")");
   }
-  if (in.size() < kHeader + kChecksum) {
-    detail::refuse(path, "truncated: ", in.size(), " bytes, less than the ", kHeader + kChecksum,
+  if (real < kHeader + kChecksum) {
+    detail::refuse(path, "truncated: ", real, " bytes, less than the ", kHeader + kChecksum,
                    " bytes of a header and checksum");
   }
   const std::uint32_t version = detail::get_u32(in, 8);
@@ -166,11 +227,20 @@ inline void load_parameters(const std::vector<nn::Parameter<float>>& parameters,
   }
   const std::uint32_t count = detail::get_u32(in, 12);
   const std::uint64_t declared = detail::get_u64(in, 16);
-  if (declared != in.size()) {
+  if (declared != real) {
     detail::refuse(
-        path, declared > in.size() ? "truncated: the file has " : "trailing bytes: the file has ",
-        in.size(), " bytes but its header declares ", declared, " (or the header is corrupted)");
+        path, declared > real ? "truncated: the file has " : "trailing bytes: the file has ", real,
+        " bytes but its header declares ", declared, " (or the header is corrupted)");
   }
+  // Only a file of exactly this size can match the model; one far larger is refused before it is
+  // read (its records are still parsed for a precise message when it is near the model's size).
+  const std::uint64_t expected = detail::checkpoint_size(parameters);
+  if (declared != expected && declared / 2 > expected + (std::uint64_t{1} << 19)) {
+    detail::refuse(path, "the file has ", declared,
+                   " bytes but a parameter file of this model has ", expected,
+                   " (saved from a model of another architecture, or corrupted)");
+  }
+  read_up_to(declared);
   const std::uint32_t stored = detail::get_u32(in, in.size() - kChecksum);
   const std::uint32_t computed = detail::crc32_of(in.data(), in.size() - kChecksum);
   if (stored != computed) {

@@ -13,6 +13,7 @@
 #include <filesystem>
 #include <fstream>
 #include <iterator>
+#include <limits>
 #include <set>
 #include <sstream>
 #include <string>
@@ -264,6 +265,85 @@ TEST_CASE("A corrupted, truncated or mismatched parameter file is refused with a
   }
   // A refused file leaves the model as it was.
   CHECK(target.parameters()[0].variable.value() == before);
+}
+
+TEST_CASE("A parameter file is checked against its real size before its contents are read",
+          "[train][checkpoint][errors]") {
+  ScratchDir dir;
+  const Dataset data = synthetic(8, 3);
+  fqt_train::Model target(tiny_architecture(data), fqt::Philox(22));
+  const Matrix before = target.parameters()[0].variable.value();
+  using fqt_train::checkpoint_error;
+
+  SECTION("a device that never ends") {
+    // Read to the end first, /dev/zero would grow a string until memory runs out.
+    CHECK_THROWS_AS(fqt_train::load_model(target, "/dev/zero"), checkpoint_error);
+    CHECK_THROWS_WITH(fqt_train::load_model(target, "/dev/zero"),
+                      Contains("/dev/zero") && Contains("not a regular file"));
+  }
+  SECTION("a directory") {
+    CHECK_THROWS_WITH(fqt_train::load_model(target, dir / "."),
+                      Contains("is a directory, not a parameter file"));
+  }
+  SECTION("a huge file whose header declares its size") {
+    // A sparse file of 8 GiB with a valid header: refused from its header alone, where reading
+    // it whole would exhaust the memory (the model's file takes a few kB).
+    const fs::path huge = dir / "huge.fqt";
+    std::string header(fqt_train::kCheckpointMagic, sizeof(fqt_train::kCheckpointMagic));
+    fqt_train::detail::put_u32(header, fqt_train::kCheckpointVersion);
+    fqt_train::detail::put_u32(header, 8);
+    const std::uint64_t size = std::uint64_t{1} << 33;
+    fqt_train::detail::put_u64(header, size);
+    write_text(huge, header);
+    std::error_code error;
+    fs::resize_file(huge, size, error);
+    if (!error) {
+      CHECK_THROWS_WITH(fqt_train::load_model(target, huge),
+                        Contains(huge.string()) && Contains("8589934592 bytes") &&
+                            Contains("a parameter file of this model has") &&
+                            Contains("another architecture"));
+    } else {
+      WARN("skipped: the file system of " << huge << " cannot hold a sparse 8 GiB file");
+    }
+  }
+  CHECK(target.parameters()[0].variable.value() == before);
+}
+
+TEST_CASE("Saving refuses parameters that loading would refuse", "[train][checkpoint][errors]") {
+  ScratchDir dir;
+  const Dataset data = synthetic(8, 3);
+  fqt_train::Model model(tiny_architecture(data), fqt::Philox(21));
+  const fs::path path = dir / "model.fqt";
+  using fqt_train::checkpoint_error;
+
+  SECTION("names of 0 or more than 1024 bytes") {
+    for (const std::size_t length : {std::size_t{0}, std::size_t{1025}}) {
+      auto parameters = model.parameters();
+      parameters[1].name = std::string(length, 'n');
+      CAPTURE(length);
+      CHECK_THROWS_AS(fqt_train::save_parameters(parameters, path), checkpoint_error);
+      CHECK_THROWS_WITH(fqt_train::save_parameters(parameters, path),
+                        Contains(path.string()) && Contains("parameter 1") &&
+                            Contains("name of " + std::to_string(length) + " bytes") &&
+                            Contains("[1, 1024]"));
+      CHECK_FALSE(fs::exists(path));
+    }
+    auto parameters = model.parameters();
+    parameters[1].name = std::string(1024, 'n');
+    fqt_train::save_parameters(parameters, path);
+    fqt_train::load_parameters(parameters, path);
+  }
+  SECTION("non-finite values") {
+    fqt_train::save_model(model, path);
+    const std::string good = read_text(path);
+    Matrix& value = model.parameters()[2].variable.value();
+    value(1, 3) = std::numeric_limits<float>::infinity();
+    CHECK_THROWS_AS(fqt_train::save_model(model, path), checkpoint_error);
+    CHECK_THROWS_WITH(fqt_train::save_model(model, path),
+                      Contains(path.string()) && Contains("'3.weight'") &&
+                          Contains("non-finite value inf at element 53"));
+    CHECK((read_text(path) == good));  // the previous file is left as it was
+  }
 }
 
 TEST_CASE("Bad training options are refused naming the option", "[train][errors]") {
