@@ -274,9 +274,12 @@ class BlockHouseholderQuantizer {
       t->apply(tx);
       c = t->inverse_column_norms();
     }
-    const auto maps = rows_.maps(tx);
     double total = 0;
-    for (Index r = 0; r < tx.rows(); ++r) total += c(r) * per_row(tx, r, maps.get(r));
+    for (Index r = 0; r < tx.rows() && tx.cols() > 0; ++r) {
+      Scalar lo, hi;
+      detail::row_range<Scalar>(tx, r, lo, hi, name());
+      total += c(r) * per_row(tx, r, detail::choose_grid(lo, hi, levels(), grid(), name()));
+    }
     return detail::checked_variance<Scalar>(total, name());
   }
 
