@@ -220,3 +220,22 @@ TEST_CASE("BHQ in float is unbiased when rows with large offsets share a group w
   // And the exact variance is the Monte-Carlo one.
   REQUIRE(std::abs(m.mse - variance.sum()) <= 6 * m.mse_se);
 }
+
+TEMPLATE_TEST_CASE("the variances of a deterministic quantizer reject NaN and Inf too",
+                   "[quant][robustness]", float, double) {
+  for (const TestType bad :
+       {std::numeric_limits<TestType>::quiet_NaN(), std::numeric_limits<TestType>::infinity()}) {
+    Matrix<TestType> x = Matrix<TestType>::Ones(3, 4);
+    x(1, 2) = bad;
+    auto each = [&](const auto& q) {
+      INFO(q.name());
+      CHECK_THROWS_AS(q.expected_variance(x), std::domain_error);
+      CHECK_THROWS_AS(q.element_variance(x), std::domain_error);
+      CHECK_THROWS_AS(q.variance_bound(x), std::domain_error);
+    };
+    each(fqt::PerTensorQuantizer<TestType, fqt::Nearest>(4));
+    each(fqt::PerSampleQuantizer<TestType, fqt::Nearest>(4));
+    each(fqt::PerColumnQuantizer<TestType, fqt::Nearest>(4));
+    each(fqt::BlockHouseholderQuantizer<TestType, fqt::Nearest>(4));
+  }
+}

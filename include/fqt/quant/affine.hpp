@@ -183,7 +183,7 @@ class AffineQuantizer {
   /// is deterministic.
   Scalar expected_variance(const MatrixCRef<Scalar>& x) const {
     if constexpr (!Rounding::is_stochastic) {
-      (void)x;
+      (void)maps(x);  // NaN and ±Inf are errors here too
       return 0;
     } else {
       const auto m = maps(x);
@@ -201,8 +201,8 @@ class AffineQuantizer {
   /// expected_variance(x).
   Matrix<double> element_variance(const MatrixCRef<Scalar>& x) const {
     Matrix<double> out = Matrix<double>::Zero(x.rows(), x.cols());
+    const auto m = maps(x);  // NaN and ±Inf are errors for Nearest too
     if constexpr (Rounding::is_stochastic) {
-      const auto m = maps(x);
       parallel_for(x.rows(), x.cols(), [&](Index i) {
         for (Index j = 0; j < x.cols(); ++j) {
           out(i, j) = detail::row_variance<Scalar>(
