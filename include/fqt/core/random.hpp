@@ -19,24 +19,7 @@
 #include <cmath>
 #include <cstdint>
 
-#if defined(__AVX512F__) && !defined(FQT_NO_SIMD)
-#include <immintrin.h>
-#define FQT_HAVE_AVX512 1
-#else
-#define FQT_HAVE_AVX512 0
-#endif
-
-// GCC 12 reports its own _mm512_undefined_*() placeholders as uninitialized (GCC bug 105593,
-// fixed in GCC 13); these bracket fqt's intrinsics code.
-#if defined(__GNUC__) && !defined(__clang__)
-#define FQT_SIMD_DIAGNOSTICS_PUSH                                                      \
-  _Pragma("GCC diagnostic push") _Pragma("GCC diagnostic ignored \"-Wuninitialized\"") \
-      _Pragma("GCC diagnostic ignored \"-Wmaybe-uninitialized\"")
-#define FQT_SIMD_DIAGNOSTICS_POP _Pragma("GCC diagnostic pop")
-#else
-#define FQT_SIMD_DIAGNOSTICS_PUSH
-#define FQT_SIMD_DIAGNOSTICS_POP
-#endif
+#include "fqt/core/simd.hpp"
 
 namespace fqt {
 

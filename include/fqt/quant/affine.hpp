@@ -89,7 +89,7 @@ class AffineQuantizer {
   int bits() const { return bits_; }
   Grid grid() const { return grid_; }
   /// B = 2^bits − 1, the largest code.
-  int levels() const { return detail::max_code(bits_); }
+  int max_code() const { return detail::max_code(bits_); }
 
   /// \brief The affine maps this quantizer picks for x (checks x for NaN/Inf).
   detail::AffineMaps<Scalar> maps(const MatrixCRef<Scalar>& x) const {
@@ -117,7 +117,7 @@ class AffineQuantizer {
       maps.resize(d);
       for (Index j = 0; j < d; ++j) {
         if (!std::isfinite(hi(j) - lo(j))) detail::throw_non_finite<Scalar>(x, name());
-        maps.set(j, detail::choose_grid(lo(j), hi(j), levels(), grid_, name()));
+        maps.set(j, detail::choose_grid(lo(j), hi(j), max_code(), grid_, name()));
       }
     } else {
       Vector<Scalar> lo(n), hi(n);
@@ -126,11 +126,11 @@ class AffineQuantizer {
         maps.resize(1);
         const Scalar l = lo.minCoeff(), h = hi.maxCoeff();
         if (!std::isfinite(h - l)) detail::throw_non_finite<Scalar>(x, name());
-        maps.set(0, detail::choose_grid(l, h, levels(), grid_, name()));
+        maps.set(0, detail::choose_grid(l, h, max_code(), grid_, name()));
       } else {
         maps.resize(n);
         for (Index i = 0; i < n; ++i)
-          maps.set(i, detail::choose_grid(lo(i), hi(i), levels(), grid_, name()));
+          maps.set(i, detail::choose_grid(lo(i), hi(i), max_code(), grid_, name()));
       }
     }
     return maps;
@@ -151,7 +151,7 @@ class AffineQuantizer {
     q.transform.reset();
     q.codes.resize(x.rows(), x.cols());
     detail::AffineMaps<Scalar> m;
-    run(x, rng, q.codes.data(), q.codes.cols(), m);
+    quantize_rows(x, rng, q.codes.data(), q.codes.cols(), m);
     q.scale = std::move(m.scale);
     q.zero_point = std::move(m.zero_point);
   }
@@ -162,7 +162,7 @@ class AffineQuantizer {
     check(out.rows() == x.rows() && out.cols() == x.cols(), name(), "::fake_quantize: output is ",
           out.rows(), "x", out.cols(), ", input is ", x.rows(), "x", x.cols());
     detail::AffineMaps<Scalar> m;
-    run(x, rng, out.data(), out.outerStride(), m);
+    quantize_rows(x, rng, out.data(), out.outerStride(), m);
   }
 
   /// \brief Fake quantization: the values of quantize(x, rng).
@@ -191,7 +191,7 @@ class AffineQuantizer {
       parallel_for(x.rows(), x.cols(), [&](Index i) {
         per_row(i) = detail::row_variance<Scalar>(x.row(i).data(), x.cols(), row_map(m, i),
                                                   col_ptr(m.inv_scale), col_ptr(m.zero_point),
-                                                  col_ptr(m.scale), levels());
+                                                  col_ptr(m.scale), max_code());
       });
       return detail::checked_variance<Scalar>(per_row.sum(), name());
     }
@@ -207,7 +207,7 @@ class AffineQuantizer {
         for (Index j = 0; j < x.cols(); ++j) {
           out(i, j) = detail::row_variance<Scalar>(
               x.row(i).data() + j, 1, row_map(m, i), col_ptr(m.inv_scale, j),
-              col_ptr(m.zero_point, j), col_ptr(m.scale, j), levels());
+              col_ptr(m.zero_point, j), col_ptr(m.scale, j), max_code());
         }
       });
       detail::checked_variance<Scalar>(out.sum(), name());
@@ -240,8 +240,8 @@ class AffineQuantizer {
   // Picks the maps and rounds. Per row, both happen while the row is in cache (one pass over x
   // from memory); per tensor and per column the ranges need a pass of their own first.
   template <class Out>
-  void run(const MatrixCRef<Scalar>& x, const Philox& rng, Out* out, Index out_stride,
-           detail::AffineMaps<Scalar>& m) const {
+  void quantize_rows(const MatrixCRef<Scalar>& x, const Philox& rng, Out* out, Index out_stride,
+                     detail::AffineMaps<Scalar>& m) const {
     const Index d = x.cols();
     if (kGranularity != Granularity::PerRow || x.rows() == 0 || d == 0) {
       m = maps(x);
@@ -253,11 +253,11 @@ class AffineQuantizer {
       if constexpr (kGranularity == Granularity::PerRow) {
         Scalar lo, hi;
         detail::row_range<Scalar>(x, i, lo, hi, name());
-        m.set(i, detail::choose_grid(lo, hi, levels(), grid_, name()));
+        m.set(i, detail::choose_grid(lo, hi, max_code(), grid_, name()));
       }
       detail::quantize_row<Rounding, Scalar, Out>(
           x.row(i).data(), d, static_cast<std::uint64_t>(i * d), row_map(m, i),
-          col_ptr(m.inv_scale), col_ptr(m.zero_point), col_ptr(m.scale), levels(), rng,
+          col_ptr(m.inv_scale), col_ptr(m.zero_point), col_ptr(m.scale), max_code(), rng,
           out + i * out_stride);
     });
   }

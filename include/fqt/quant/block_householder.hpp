@@ -144,12 +144,12 @@ class BlockHouseholderQuantizer {
   /// \param bits 1 ≤ bits ≤ 8·sizeof(Code)
   /// \param grid the grid of each transformed row
   explicit BlockHouseholderQuantizer(int bits, Grid grid = Grid::ZeroAligned)
-      : rows_(check_bits(bits), grid) {}
+      : row_quantizer_(check_bits(bits), grid) {}
 
   static constexpr const char* name() { return "BlockHouseholderQuantizer"; }
-  int bits() const { return rows_.bits(); }
-  Grid grid() const { return rows_.grid(); }
-  int levels() const { return rows_.levels(); }
+  int bits() const { return row_quantizer_.bits(); }
+  Grid grid() const { return row_quantizer_.grid(); }
+  int max_code() const { return row_quantizer_.max_code(); }
 
   /// \brief The transform T that BHQ uses for x (nothing when it falls back to PSQ). Rows whose
   /// range does not contain 0 are centred on their midpoint before they are mixed.
@@ -176,13 +176,13 @@ class BlockHouseholderQuantizer {
   /// \brief Quantizes into q, reusing q's code storage when the shape is unchanged.
   void quantize(const MatrixCRef<Scalar>& x, const Philox& rng, Quantized<Scalar, Code>& q) const {
     auto t = transform_for(x);
-    if (!t) return rows_.quantize(x, rng, q);
+    if (!t) return row_quantizer_.quantize(x, rng, q);
     q.granularity = Granularity::PerRow;
     q.bits = bits();
     q.codes.resize(x.rows(), x.cols());
     q.scale.resize(x.rows());
     q.zero_point.resize(x.rows());
-    run(x, *t, rng, q.codes.data(), q.codes.cols(), &q.scale, &q.zero_point);
+    quantize_groups(x, *t, rng, q.codes.data(), q.codes.cols(), &q.scale, &q.zero_point);
     q.transform = std::move(t);
   }
 
@@ -191,8 +191,8 @@ class BlockHouseholderQuantizer {
     check(out.rows() == x.rows() && out.cols() == x.cols(), name(), "::fake_quantize: output is ",
           out.rows(), "x", out.cols(), ", input is ", x.rows(), "x", x.cols());
     const auto t = transform_for(x);
-    if (!t) return rows_.fake_quantize(x, rng, out);
-    run(x, *t, rng, out.data(), out.outerStride(), nullptr, nullptr);
+    if (!t) return row_quantizer_.fake_quantize(x, rng, out);
+    quantize_groups(x, *t, rng, out.data(), out.outerStride(), nullptr, nullptr);
   }
 
   /// \brief Fake quantization: the values of quantize(x, rng).
@@ -204,25 +204,26 @@ class BlockHouseholderQuantizer {
 
   /// \brief Exact E‖Q(x) − x‖²_F = Σ_r ‖T⁻¹e_r‖²·Σ_j Δ_r²·p_rj(1 − p_rj) (0 for Nearest).
   Scalar expected_variance(const MatrixCRef<Scalar>& x) const {
-    return weighted(x, [&](const MatrixCRef<Scalar>& tx, Index r, const AffineMap<Scalar>& m) {
-      if constexpr (!Rounding::is_stochastic) {
-        (void)tx, (void)r, (void)m;
-        return 0.0;
-      } else {
-        return detail::row_variance<Scalar>(tx.row(r).data(), tx.cols(), m, nullptr, nullptr,
-                                            nullptr, levels());
-      }
-    });
+    return sum_over_transformed_rows(
+        x, [&](const MatrixCRef<Scalar>& tx, Index r, const AffineMap<Scalar>& m) {
+          if constexpr (!Rounding::is_stochastic) {
+            (void)tx, (void)r, (void)m;
+            return 0.0;
+          } else {
+            return detail::row_variance<Scalar>(tx.row(r).data(), tx.cols(), m, nullptr, nullptr,
+                                                nullptr, max_code());
+          }
+        });
   }
 
   /// \brief Exact Var[Q(x)_ij] for every element: (1/s_i²)·Σ_r H_ir²·σ²_rj over i's group, with
   /// σ²_rj the rounding variance of transformed element (r, j). Sums to expected_variance(x).
   Matrix<double> element_variance(const MatrixCRef<Scalar>& x) const {
     const auto t = transform_for(x);
-    if (!t) return rows_.element_variance(x);
+    if (!t) return row_quantizer_.element_variance(x);
     Matrix<Scalar> tx = x;
     t->apply(tx);
-    const Matrix<double> sigma = rows_.element_variance(tx);
+    const Matrix<double> sigma = row_quantizer_.element_variance(tx);
     Matrix<double> out(x.rows(), x.cols());
     for (Index g = 0; g < t->groups(); ++g) {
       const Index m = t->group_size(g);
@@ -252,10 +253,11 @@ class BlockHouseholderQuantizer {
 
   /// \brief The bound Σ_r ‖T⁻¹e_r‖²·D·Δ_r²/4 (the paper's general-transform bound).
   Scalar variance_bound(const MatrixCRef<Scalar>& x) const {
-    return weighted(x, [&](const MatrixCRef<Scalar>& tx, Index, const AffineMap<Scalar>& m) {
-      return static_cast<double>(tx.cols()) * static_cast<double>(m.scale) *
-             static_cast<double>(m.scale) / 4;
-    });
+    return sum_over_transformed_rows(
+        x, [&](const MatrixCRef<Scalar>& tx, Index, const AffineMap<Scalar>& m) {
+          return static_cast<double>(tx.cols()) * static_cast<double>(m.scale) *
+                 static_cast<double>(m.scale) / 4;
+        });
   }
 
  private:
@@ -266,7 +268,7 @@ class BlockHouseholderQuantizer {
 
   // Σ_r c_r·f(T·x, r, map_r) with c_r = ‖T⁻¹e_r‖² (c = 1 without a transform).
   template <class F>
-  Scalar weighted(const MatrixCRef<Scalar>& x, F&& per_row) const {
+  Scalar sum_over_transformed_rows(const MatrixCRef<Scalar>& x, F&& per_row) const {
     const auto t = transform_for(x);
     Matrix<Scalar> tx = x;
     Vector<double> c = Vector<double>::Ones(x.rows());
@@ -278,7 +280,7 @@ class BlockHouseholderQuantizer {
     for (Index r = 0; r < tx.rows() && tx.cols() > 0; ++r) {
       Scalar lo, hi;
       detail::row_range<Scalar>(tx, r, lo, hi, name());
-      total += c(r) * per_row(tx, r, detail::choose_grid(lo, hi, levels(), grid(), name()));
+      total += c(r) * per_row(tx, r, detail::choose_grid(lo, hi, max_code(), grid(), name()));
     }
     return detail::checked_variance<Scalar>(total, name());
   }
@@ -288,9 +290,9 @@ class BlockHouseholderQuantizer {
   // mapped back in place. The transform's own routines do the arithmetic, so the rows are those of
   // BlockHouseholderTransform::apply, bit for bit.
   template <class Out>
-  void run(const MatrixCRef<Scalar>& x, const BlockHouseholderTransform<Scalar>& t,
-           const Philox& rng, Out* out, Index stride, Vector<Scalar>* scale,
-           Vector<Scalar>* zero_point) const {
+  void quantize_groups(const MatrixCRef<Scalar>& x, const BlockHouseholderTransform<Scalar>& t,
+                       const Philox& rng, Out* out, Index stride, Vector<Scalar>* scale,
+                       Vector<Scalar>* zero_point) const {
     const Index d = x.cols(), x_stride = x.outerStride();
     const Index chunks_per_row = d / static_cast<Index>(detail::kChunk) + 2;
     parallel_for(t.groups(), d * 2, [&](Index g) {
@@ -318,14 +320,14 @@ class BlockHouseholderQuantizer {
         Scalar lo, hi;
         if (!t.transform_row(x.data(), x_stride, d, g, j, w.data(), row.data(), lo, hi))
           detail::throw_non_finite<Scalar>(x, name());
-        const auto map = detail::choose_grid(lo, hi, levels(), grid(), name());
+        const auto map = detail::choose_grid(lo, hi, max_code(), grid(), name());
         if (scale) {
           (*scale)(r) = map.scale;
           (*zero_point)(r) = map.zero_point;
         }
         detail::quantize_row<Rounding, Scalar, Out>(
             row.data(), d, static_cast<std::uint64_t>(r * d), map, nullptr, nullptr, nullptr,
-            levels(), rng, out + r * stride, &prefetch);
+            max_code(), rng, out + r * stride, &prefetch);
       }
       if constexpr (std::is_floating_point_v<Out>) {
         check_domain(t.invert_group(out, stride, d, g, w.data()), name(),
@@ -335,7 +337,7 @@ class BlockHouseholderQuantizer {
     });
   }
 
-  RowQuantizer rows_;
+  RowQuantizer row_quantizer_;
 };
 
 }  // namespace fqt

@@ -64,8 +64,8 @@ void check_grid_values(const AffineMap<Scalar>& map, Scalar lo, Scalar hi, Scala
 /// \throws std::domain_error naming `where` when a value of the grid, (c − zero_point)·Δ for a
 /// code c in [0, B], is not finite: a range within rounding of the largest finite Scalar.
 template <class Scalar>
-AffineMap<Scalar> choose_grid(Scalar lo, Scalar hi, int levels, Grid grid, const char* where) {
-  const Scalar b = static_cast<Scalar>(levels);
+AffineMap<Scalar> choose_grid(Scalar lo, Scalar hi, int max_code, Grid grid, const char* where) {
+  const Scalar b = static_cast<Scalar>(max_code);
   AffineMap<Scalar> map;
   const Scalar range = hi - lo;
   if (!(range > 0)) {

@@ -146,8 +146,9 @@ FQT_SIMD_DIAGNOSTICS_POP
 template <class Rounding, class Scalar, class Out>
 inline void quantize_row(const Scalar* x, Index n, std::uint64_t k0, const AffineMap<Scalar>& map,
                          const Scalar* inv_col, const Scalar* zp_col, const Scalar* scale_col,
-                         int levels, const Philox& rng, Out* out, Prefetcher* prefetch = nullptr) {
-  const Scalar b = static_cast<Scalar>(levels);
+                         int max_code, const Philox& rng, Out* out,
+                         Prefetcher* prefetch = nullptr) {
+  const Scalar b = static_cast<Scalar>(max_code);
   if constexpr (!Rounding::is_stochastic) {
     quantize_span_scalar<Rounding>(x, 0, n, map.inv_scale, map.zero_point, inv_col, zp_col,
                                    map.scale, scale_col, b, nullptr, out);
@@ -199,8 +200,8 @@ inline void quantize_row(const Scalar* x, Index n, std::uint64_t k0, const Affin
 template <class Scalar>
 inline double row_variance(const Scalar* x, Index n, const AffineMap<Scalar>& map,
                            const Scalar* inv_col, const Scalar* zp_col, const Scalar* scale_col,
-                           int levels) {
-  const Scalar b = static_cast<Scalar>(levels);
+                           int max_code) {
+  const Scalar b = static_cast<Scalar>(max_code);
   double total = 0;
   for (Index j = 0; j < n; ++j) {
     const Scalar iv = inv_col ? inv_col[j] : map.inv_scale;

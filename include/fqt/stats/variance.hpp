@@ -109,7 +109,7 @@ RowErrors accumulate_row(const Scalar* q, const Scalar* x, Index d, double inv_c
 inline constexpr int kMaxBoundBits = 16;
 
 /// B = 2^bits − 1 as a double, after checking bits.
-inline double bins(int bits, const char* where) {
+inline double checked_max_code(int bits, const char* where) {
   check(bits >= 1 && bits <= kMaxBoundBits, where, "bits must be in [1, ", kMaxBoundBits, "], got ",
         bits);
   return static_cast<double>((std::uint32_t{1} << bits) - 1u);
@@ -215,7 +215,7 @@ template <class Derived>
 double ptq_bound(const Eigen::MatrixBase<Derived>& g, int bits) {
   using Scalar = typename Derived::Scalar;
   constexpr const char* kWhere = "fqt::stats::ptq_bound";
-  const double b = detail::bins(bits, kWhere);
+  const double b = detail::checked_max_code(bits, kWhere);
   const MatrixCRef<Scalar> x(g.derived());
   detail::check_not_empty<Scalar>(x, kWhere, "g");
   double lo = 0, hi = 0;
@@ -240,7 +240,7 @@ template <class Derived>
 double psq_bound(const Eigen::MatrixBase<Derived>& g, int bits) {
   using Scalar = typename Derived::Scalar;
   constexpr const char* kWhere = "fqt::stats::psq_bound";
-  const double b = detail::bins(bits, kWhere);
+  const double b = detail::checked_max_code(bits, kWhere);
   const MatrixCRef<Scalar> x(g.derived());
   detail::check_not_empty<Scalar>(x, kWhere, "g");
   const double sum_sq = detail::row_ranges<Scalar>(x, kWhere).template cast<double>().squaredNorm();
@@ -258,7 +258,7 @@ template <class Derived>
 double per_column_bound(const Eigen::MatrixBase<Derived>& g, int bits) {
   using Scalar = typename Derived::Scalar;
   constexpr const char* kWhere = "fqt::stats::per_column_bound";
-  const double b = detail::bins(bits, kWhere);
+  const double b = detail::checked_max_code(bits, kWhere);
   const MatrixCRef<Scalar> x(g.derived());
   detail::check_not_empty<Scalar>(x, kWhere, "g");
   detail::row_ranges<Scalar>(x, kWhere);  // rejects NaN/Inf with the index of the element
@@ -283,7 +283,7 @@ double transform_bound(const Eigen::MatrixBase<Derived>& g, int bits,
                        const BlockHouseholderTransform<typename Derived::Scalar>& transform) {
   using Scalar = typename Derived::Scalar;
   constexpr const char* kWhere = "fqt::stats::transform_bound";
-  const double b = detail::bins(bits, kWhere);
+  const double b = detail::checked_max_code(bits, kWhere);
   Matrix<Scalar> tg = g;
   detail::check_not_empty<Scalar>(tg, kWhere, "g");
   detail::row_ranges<Scalar>(tg, kWhere);  // rejects NaN/Inf in g itself
@@ -308,7 +308,7 @@ template <class Derived>
 double bhq_bound(const Eigen::MatrixBase<Derived>& g, int bits) {
   using Scalar = typename Derived::Scalar;
   constexpr const char* kWhere = "fqt::stats::bhq_bound";
-  detail::bins(bits, kWhere);
+  detail::checked_max_code(bits, kWhere);
   const MatrixCRef<Scalar> x(g.derived());
   detail::check_not_empty<Scalar>(x, kWhere, "g");
   const auto transform = fqt::detail::bhq_transform(detail::row_ranges<Scalar>(x, kWhere));
@@ -331,7 +331,7 @@ template <class Derived>
 double bhq_heuristic(const Eigen::MatrixBase<Derived>& g, int bits) {
   using Scalar = typename Derived::Scalar;
   constexpr const char* kWhere = "fqt::stats::bhq_heuristic";
-  const double b = detail::bins(bits, kWhere);
+  const double b = detail::checked_max_code(bits, kWhere);
   const MatrixCRef<Scalar> x(g.derived());
   detail::check_not_empty<Scalar>(x, kWhere, "g");
   const Vector<Scalar> range = detail::row_ranges<Scalar>(x, kWhere);

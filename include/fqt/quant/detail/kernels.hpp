@@ -10,7 +10,7 @@
 #include <type_traits>
 
 #include "fqt/core/matrix.hpp"
-#include "fqt/core/random.hpp"  // FQT_HAVE_AVX512, FQT_SIMD_DIAGNOSTICS_*
+#include "fqt/core/simd.hpp"
 
 namespace fqt {
 namespace detail {
