@@ -83,3 +83,25 @@ TEST_CASE("Gradient streams are a pure function of (seed, step, layer, role)", "
   CHECK(a.grad_input.stream() !=
         nn::gradient_streams(fqt::Philox(2024, 1), 10, 3).grad_input.stream());
 }
+
+TEST_CASE("validate rejects every enum field outside its enum naming the field and the value",
+          "[nn][policy][errors]") {
+  nn::QuantPolicy p;
+  p.mode = static_cast<nn::Mode>(7);
+  CHECK_THROWS_WITH(p.validate("where"),
+                    Contains("where") && Contains("mode must be") && Contains("got 7"));
+  p = nn::QuantPolicy{};
+  p.grad_input_quantizer = static_cast<nn::GradInputQuantizer>(7);
+  CHECK_THROWS_WITH(p.validate("where"), Contains("grad_input_quantizer") && Contains("got 7"));
+  p = nn::QuantPolicy{};
+  p.grad_weight_quantizer = static_cast<nn::GradWeightQuantizer>(-1);
+  CHECK_THROWS_WITH(p.validate("where"), Contains("grad_weight_quantizer") && Contains("got -1"));
+  p = nn::QuantPolicy{};
+  p.gradient_grid = static_cast<fqt::Grid>(9);
+  CHECK_THROWS_WITH(p.validate("where"), Contains("gradient_grid") && Contains("got 9"));
+  p = nn::QuantPolicy{};
+  p.gradient_rounding = static_cast<nn::GradientRounding>(3);
+  CHECK_THROWS_WITH(p.validate("where"), Contains("gradient_rounding") && Contains("got 3"));
+  CHECK_THROWS_AS(p.validate("where"), std::invalid_argument);
+  CHECK(std::string(nn::to_string(static_cast<nn::GradWeightQuantizer>(4))) == "?");
+}

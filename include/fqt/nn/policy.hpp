@@ -42,6 +42,57 @@ enum class GradWeightQuantizer {
 /// (Theorem 1); Nearest exists to demonstrate the bias of deterministic gradient rounding.
 enum class GradientRounding { Stochastic, Nearest };
 
+namespace detail {
+// True for the enumerators of each enum. Switches without a default, so that -Wswitch flags a new
+// enumerator that validate() would otherwise reject.
+inline bool is_enumerator(Mode m) {
+  switch (m) {
+    case Mode::Exact:
+    case Mode::QAT:
+    case Mode::FQT:
+      return true;
+  }
+  return false;
+}
+inline bool is_enumerator(GradInputQuantizer q) {
+  switch (q) {
+    case GradInputQuantizer::PerTensor:
+    case GradInputQuantizer::PerSample:
+    case GradInputQuantizer::BlockHouseholder:
+      return true;
+  }
+  return false;
+}
+inline bool is_enumerator(GradWeightQuantizer q) {
+  switch (q) {
+    case GradWeightQuantizer::PerTensor:
+    case GradWeightQuantizer::PerColumn:
+      return true;
+  }
+  return false;
+}
+inline bool is_enumerator(GradientRounding r) {
+  switch (r) {
+    case GradientRounding::Stochastic:
+    case GradientRounding::Nearest:
+      return true;
+  }
+  return false;
+}
+inline bool is_enumerator(Grid g) {
+  switch (g) {
+    case Grid::Free:
+    case Grid::ZeroAligned:
+      return true;
+  }
+  return false;
+}
+template <class Enum>
+long long enum_value(Enum e) {
+  return static_cast<long long>(e);
+}
+}  // namespace detail
+
 /// \brief The quantization recipe of a layer or a whole model.
 ///
 /// Defaults are the paper's released recipe with fqt's zero-aligned gradient grid: activations 8
@@ -72,9 +123,23 @@ struct QuantPolicy {
   /// \brief True when the backward pass quantizes the output gradient (FQT).
   bool quantizes_backward() const { return mode == Mode::FQT; }
 
-  /// \brief Throws std::invalid_argument naming `where` and the offending knob unless every bit
-  /// width is in [1, 8].
+  /// \brief Throws std::invalid_argument naming `where`, the offending knob and its value unless
+  /// every enum field holds one of its enumerators (a value cast from an integer may not) and
+  /// every bit width is in [1, 8].
   void validate(const char* where) const {
+    check(detail::is_enumerator(mode), where, "mode must be Exact, QAT or FQT, got ",
+          detail::enum_value(mode));
+    check(detail::is_enumerator(grad_input_quantizer), where,
+          "grad_input_quantizer must be PerTensor, PerSample or BlockHouseholder, got ",
+          detail::enum_value(grad_input_quantizer));
+    check(detail::is_enumerator(grad_weight_quantizer), where,
+          "grad_weight_quantizer must be PerTensor or PerColumn, got ",
+          detail::enum_value(grad_weight_quantizer));
+    check(detail::is_enumerator(gradient_grid), where,
+          "gradient_grid must be Free or ZeroAligned, got ", detail::enum_value(gradient_grid));
+    check(detail::is_enumerator(gradient_rounding), where,
+          "gradient_rounding must be Stochastic or Nearest, got ",
+          detail::enum_value(gradient_rounding));
     auto in_range = [](int b) { return b >= 1 && b <= 8; };
     check(in_range(activation_bits), where, "activation_bits must be in [1, 8], got ",
           activation_bits);
@@ -165,7 +230,13 @@ inline const char* to_string(GradInputQuantizer q) {
 
 /// \brief "ptq" or "column" — the names parse_grad_weight_quantizer accepts.
 inline const char* to_string(GradWeightQuantizer q) {
-  return q == GradWeightQuantizer::PerTensor ? "ptq" : "column";
+  switch (q) {
+    case GradWeightQuantizer::PerTensor:
+      return "ptq";
+    case GradWeightQuantizer::PerColumn:
+      return "column";
+  }
+  return "?";
 }
 
 /// \brief The role of a random stream within one layer's backward pass.

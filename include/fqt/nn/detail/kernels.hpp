@@ -6,6 +6,10 @@
 #include <algorithm>
 #include <cmath>
 #include <cstdint>
+#include <initializer_list>
+#include <limits>
+#include <sstream>
+#include <stdexcept>
 #include <type_traits>
 
 #include "fqt/core/error.hpp"
@@ -64,6 +68,74 @@ void check_finite(const Eigen::MatrixBase<Derived>& m, const char* where, const 
                      "; it must be finite");
       }
     }
+  }
+}
+
+/// \brief The product of `factors`, all ≥ 0, as an Index; throws std::invalid_argument
+/// "<where>: <what> = f1 * f2 * ... overflows Index" when it does not fit (or "... has a negative
+/// factor"). Every size derived from user input (C·H·W, K·Ho·Wo, N·C·kh·kw·Ho·Wo, ...)
+/// goes through it before it sizes a buffer or bounds a loop.
+/// \param what the product in words, e.g. "in_channels * in_height * in_width"
+inline Index checked_product(const char* where, const char* what,
+                             std::initializer_list<Index> factors) {
+  Index product = 1;
+  bool negative = false, overflow = false;
+  for (const Index f : factors) {
+    if (f < 0) {
+      negative = true;
+    } else if (!overflow && f != 0 && product > std::numeric_limits<Index>::max() / f) {
+      overflow = true;
+    } else if (!overflow) {
+      product *= f;
+    }
+  }
+  if (!negative && !overflow) return product;
+  std::ostringstream values;
+  const char* separator = "";
+  for (const Index f : factors) {
+    values << separator << f;
+    separator = " * ";
+  }
+  check(false, where, what, " = ", values.str(),
+        negative ? " has a negative factor" : " overflows Index");
+  return 0;
+}
+
+/// \brief The sum of `terms`, all ≥ 0, as an Index; throws std::invalid_argument
+/// "<where>: <what> = t1 + t2 + ... overflows Index" when it does not fit (or has a negative term).
+inline Index checked_sum(const char* where, const char* what, std::initializer_list<Index> terms) {
+  Index sum = 0;
+  bool negative = false, overflow = false;
+  for (const Index t : terms) {
+    if (t < 0) {
+      negative = true;
+    } else if (!overflow && sum > std::numeric_limits<Index>::max() - t) {
+      overflow = true;
+    } else if (!overflow) {
+      sum += t;
+    }
+  }
+  if (!negative && !overflow) return sum;
+  std::ostringstream values;
+  const char* separator = "";
+  for (const Index t : terms) {
+    values << separator << t;
+    separator = " + ";
+  }
+  check(false, where, what, " = ", values.str(),
+        negative ? " has a negative term" : " overflows Index");
+  return 0;
+}
+
+/// \brief Throws std::logic_error "<where>: the cache holds no completed forward pass (...)"
+/// unless `complete`: a backward function given a default-constructed cache, or the cache of a
+/// forward call that threw, stops here instead of reading stale or uninitialised workspaces.
+/// \param forward the forward function that fills the cache, e.g. "nn::conv2d_forward"
+inline void require_complete_forward(bool complete, const char* where, const char* forward) {
+  if (!complete) {
+    throw std::logic_error(fqt::detail::concat(
+        where, ": the cache holds no completed forward pass (no ", forward,
+        " has filled it, or the last one threw); run ", forward, " again first"));
   }
 }
 
@@ -148,6 +220,16 @@ void accumulate_column_sums(const MatrixCRef<Scalar>& g, Eigen::Ref<Vector<Scala
 
 // ---- quantizer dispatch ---------------------------------------------------------------------
 
+/// A dispatch switch reached its end: `value` is no enumerator of its enum. QuantPolicy::validate
+/// rejects such a policy first, so reaching this is a bug (std::logic_error), never a silent
+/// fall-through that would leave the output unwritten.
+template <class Enum>
+[[noreturn]] void throw_unknown_enumerator(const char* where, const char* field, Enum value) {
+  throw std::logic_error(
+      fqt::detail::concat(where, ": ", field, " = ", static_cast<long long>(value),
+                          " is not an enumerator of its enum (QuantPolicy::validate rejects it)"));
+}
+
 /// \brief out = Q_f(x) for an activation: per tensor, round to nearest, free grid.
 template <class Scalar>
 void quantize_activation(const QuantPolicy& policy, const MatrixCRef<Scalar>& x,
@@ -180,6 +262,8 @@ void quantize_grad_input_with(const QuantPolicy& policy, const MatrixCRef<Scalar
       BlockHouseholderQuantizer<Scalar, Rounding>(bits, grid).fake_quantize(g, rng, out);
       return;
   }
+  throw_unknown_enumerator("nn::detail::quantize_grad_input", "grad_input_quantizer",
+                           policy.grad_input_quantizer);
 }
 
 template <class Scalar, class Rounding>
@@ -187,33 +271,51 @@ void quantize_grad_weight_with(const QuantPolicy& policy, const MatrixCRef<Scala
                                const Philox& rng, MatrixRef<Scalar> out) {
   const int bits = policy.grad_weight_bits;
   const Grid grid = policy.gradient_grid;
-  if (policy.grad_weight_quantizer == GradWeightQuantizer::PerTensor) {
-    PerTensorQuantizer<Scalar, Rounding>(bits, grid).fake_quantize(g, rng, out);
-  } else {
-    PerColumnQuantizer<Scalar, Rounding>(bits, grid).fake_quantize(g, rng, out);
+  switch (policy.grad_weight_quantizer) {
+    case GradWeightQuantizer::PerTensor:
+      PerTensorQuantizer<Scalar, Rounding>(bits, grid).fake_quantize(g, rng, out);
+      return;
+    case GradWeightQuantizer::PerColumn:
+      PerColumnQuantizer<Scalar, Rounding>(bits, grid).fake_quantize(g, rng, out);
+      return;
   }
+  throw_unknown_enumerator("nn::detail::quantize_grad_weight", "grad_weight_quantizer",
+                           policy.grad_weight_quantizer);
 }
 
 /// \brief out = Q_b1(g) (rows of g are samples) with the policy's quantizer, bits and rounding.
+/// Every element of out is written, or it throws (std::logic_error on an enumerator outside its
+/// enum, which QuantPolicy::validate rejects first).
 template <class Scalar>
 void quantize_grad_input(const QuantPolicy& policy, const MatrixCRef<Scalar>& g, const Philox& rng,
                          MatrixRef<Scalar> out) {
-  if (policy.gradient_rounding == GradientRounding::Stochastic) {
-    quantize_grad_input_with<Scalar, Stochastic>(policy, g, rng, out);
-  } else {
-    quantize_grad_input_with<Scalar, Nearest>(policy, g, rng, out);
+  switch (policy.gradient_rounding) {
+    case GradientRounding::Stochastic:
+      quantize_grad_input_with<Scalar, Stochastic>(policy, g, rng, out);
+      return;
+    case GradientRounding::Nearest:
+      quantize_grad_input_with<Scalar, Nearest>(policy, g, rng, out);
+      return;
   }
+  throw_unknown_enumerator("nn::detail::quantize_grad_input", "gradient_rounding",
+                           policy.gradient_rounding);
 }
 
-/// \brief out = Q_b2(g) with the policy's grad-weight quantizer, bits and rounding.
+/// \brief out = Q_b2(g) with the policy's grad-weight quantizer, bits and rounding (every element
+/// written, or it throws, as quantize_grad_input).
 template <class Scalar>
 void quantize_grad_weight(const QuantPolicy& policy, const MatrixCRef<Scalar>& g, const Philox& rng,
                           MatrixRef<Scalar> out) {
-  if (policy.gradient_rounding == GradientRounding::Stochastic) {
-    quantize_grad_weight_with<Scalar, Stochastic>(policy, g, rng, out);
-  } else {
-    quantize_grad_weight_with<Scalar, Nearest>(policy, g, rng, out);
+  switch (policy.gradient_rounding) {
+    case GradientRounding::Stochastic:
+      quantize_grad_weight_with<Scalar, Stochastic>(policy, g, rng, out);
+      return;
+    case GradientRounding::Nearest:
+      quantize_grad_weight_with<Scalar, Nearest>(policy, g, rng, out);
+      return;
   }
+  throw_unknown_enumerator("nn::detail::quantize_grad_weight", "gradient_rounding",
+                           policy.gradient_rounding);
 }
 
 /// Resizes m only when its shape changes (a steady-state call does not allocate).
