@@ -135,3 +135,16 @@ TEST_CASE("Gradients accumulate across backward passes until zeroed", "[nn][auto
   pass();
   CHECK(nn_test::relative_error(layer.weight().grad(), 2 * once) < 1e-15);
 }
+
+TEST_CASE("A Variable rejects a shape with a negative dimension or a size that overflows",
+          "[nn][autograd][errors]") {
+  // (−1)·(−1)·1 = 1 matches one column, and 1·2^32·2^32 wraps to 0 columns.
+  CHECK_THROWS_WITH((nn::Variable<float>(Matrix<float>::Ones(2, 1), nn::FeatureShape{-1, -1, 1})),
+                    Contains("nn::Variable") && Contains("-1 x -1 x 1"));
+  constexpr Index k32 = Index{1} << 32;
+  CHECK_THROWS_WITH((nn::Variable<float>(Matrix<float>(2, 0), nn::FeatureShape{1, k32, k32})),
+                    Contains("channels * height * width = 1 * 4294967296 * 4294967296 overflows"));
+  const nn::Variable<float> v(Matrix<float>::Ones(2, 4), nn::FeatureShape{1, 2, 2});
+  CHECK_THROWS_AS(v.reshaped(nn::FeatureShape{-2, -2, 1}), std::invalid_argument);
+  CHECK(v.reshaped(nn::FeatureShape{4, 1, 1}).shape() == nn::FeatureShape{4, 1, 1});
+}

@@ -163,10 +163,12 @@ TEST_CASE("linear_backward overwrites grad_input and accumulates grad_weight and
 TEST_CASE("linear_forward and linear_backward work on Eigen::Map-ped foreign buffers",
           "[nn][linear]") {
   // The README example (nn section): a foreign training loop owns plain float buffers.
-  std::vector<float> x(8 * 16), w(4 * 16), b(4, 0.5f), y(8 * 4), dy(8 * 4, 0.01f);
+  std::vector<float> x(8 * 16), w(4 * 16), b(4, 0.5f), y(8 * 4), dy(8 * 4);
   std::vector<float> dx(8 * 16), dw(4 * 16, 0.0f), db(4, 0.0f);
   for (std::size_t i = 0; i < x.size(); ++i) x[i] = std::sin(0.3f * static_cast<float>(i));
   for (std::size_t i = 0; i < w.size(); ++i) w[i] = std::cos(0.7f * static_cast<float>(i));
+  // Not constant: a constant gradient is on every grid and would quantize exactly.
+  for (std::size_t i = 0; i < dy.size(); ++i) dy[i] = 0.01f * std::sin(1.3f * i + 0.2f);
 
   using MatrixMap = Eigen::Map<fqt::Matrix<float>>;
   using VectorMap = Eigen::Map<fqt::Vector<float>>;
@@ -182,9 +184,25 @@ TEST_CASE("linear_forward and linear_backward work on Eigen::Map-ped foreign buf
   CHECK(nn_test::relative_error(
             MatrixMap(y.data(), 8, 4),
             ((cache.input * cache.weight.transpose()).array() + 0.5f).matrix()) < 1e-6);
-  CHECK(db[0] == Approx(0.08f));  // full-precision column sum of dy
-  CHECK(MatrixMap(dw.data(), 4, 16).allFinite());
-  CHECK(MatrixMap(dx.data(), 8, 16).norm() > 0);
+  // The gradients, recomputed with the policy's quantizers on the same streams: grad-input is
+  // BHQ 8-bit, grad-weight PTQ 8-bit, both stochastic on the zero-aligned grid.
+  const Eigen::Map<const fqt::Matrix<float>> g(dy.data(), 8, 4);
+  const auto streams = fqt::nn::gradient_streams(fqt::Philox(42), step, layer);
+  const fqt::Matrix<float> g_input = fqt::BlockHouseholderQuantizer<float, fqt::Stochastic>(
+      8, fqt::Grid::ZeroAligned)(g, streams.grad_input);
+  const fqt::Matrix<float> g_weight = fqt::PerTensorQuantizer<float, fqt::Stochastic>(
+      8, fqt::Grid::ZeroAligned)(g, streams.grad_weight);
+  REQUIRE(g_input != g);  // the quantizers did change the gradient
+  REQUIRE(g_weight != g);
+  CHECK(nn_test::relative_error(MatrixMap(dx.data(), 8, 16), g_input * cache.weight) < 1e-6);
+  CHECK(nn_test::relative_error(MatrixMap(dw.data(), 4, 16), g_weight.transpose() * cache.input) <
+        1e-6);
+  // The check can fail: the unquantized products are far outside its tolerance.
+  CHECK(nn_test::relative_error(g * cache.weight, g_input * cache.weight) > 1e-4);
+  CHECK(nn_test::relative_error(g.transpose() * cache.input, g_weight.transpose() * cache.input) >
+        1e-4);
+  // Full-precision column sums of dy.
+  CHECK(nn_test::relative_error(VectorMap(db.data(), 4), g.colwise().sum().transpose()) < 1e-6);
 }
 
 TEST_CASE("Conv2d forward and backward match a direct loop convolution", "[nn][conv]") {
@@ -560,4 +578,311 @@ TEST_CASE("NaN or infinity in a gradient or input is a domain_error naming the e
   Vector<float> none;
   CHECK_THROWS_WITH(nn::conv2d_backward(cg, cc, kStreams, cgx, cgw, none),
                     Contains("nn::conv2d_backward") && Contains("grad_output"));
+}
+
+// ---- what a throw leaves behind ------------------------------------------------------------
+
+TEST_CASE("A backward given a default-constructed cache is a logic_error, not a read of garbage",
+          "[nn][errors][cache]") {
+  Matrix<float> none;
+  Vector<float> no_vector;
+  nn::LinearCache<float> linear;
+  CHECK_THROWS_AS(nn::linear_backward(none, linear, kStreams, none, none, no_vector),
+                  std::logic_error);
+  CHECK_THROWS_WITH(nn::linear_backward(none, linear, kStreams, none, none, no_vector),
+                    Contains("nn::linear_backward") && Contains("no completed forward pass"));
+  nn::Conv2dCache<float> conv;
+  CHECK_THROWS_AS(nn::conv2d_backward(none, conv, kStreams, none, none, no_vector),
+                  std::logic_error);
+  CHECK_THROWS_WITH(nn::conv2d_backward(none, conv, kStreams, none, none, no_vector),
+                    Contains("nn::conv2d_backward") && Contains("no completed forward pass"));
+  nn::MaxPool2dCache<float> pool;
+  CHECK_THROWS_AS(nn::max_pool2d_backward(none, pool, none), std::logic_error);
+  nn::BatchNorm2dCache<float> bn;
+  CHECK_THROWS_AS(nn::batch_norm2d_backward(none, no_vector, bn, none, no_vector, no_vector),
+                  std::logic_error);
+}
+
+TEST_CASE("A forward that throws after its checks leaves a cache its backward refuses",
+          "[nn][errors][cache]") {
+  // ±3e38 are finite, so the argument checks pass, but their range overflows float: the forward
+  // quantizer throws after the op has started filling the cache.
+  constexpr float kHuge = 3e38f;
+  const auto policy = GENERATE(nn::Mode::QAT, nn::Mode::FQT);
+  const auto p = nn::QuantPolicy::with_mode(policy);
+  SECTION("linear") {
+    const Matrix<float> w = nn_test::random_matrix<float>(3, 5, 2);
+    nn::LinearCache<float> cache;
+    Matrix<float> y4(4, 3), y8(8, 3);
+    nn::linear_forward(nn_test::random_matrix<float>(4, 5, 1), w, Vector<float>(), p, cache, y4);
+    Matrix<float> huge = nn_test::random_matrix<float>(8, 5, 3);
+    huge(0, 0) = kHuge;
+    huge(7, 4) = -kHuge;
+    CHECK_THROWS_AS(nn::linear_forward(huge, w, Vector<float>(), p, cache, y8), std::domain_error);
+    // The cache now has the new batch size but no valid X̂: backward must refuse it.
+    const Matrix<float> g = nn_test::random_matrix<float>(8, 3, 4);
+    Matrix<float> gx(8, 5), gw = Matrix<float>::Zero(3, 5);
+    Vector<float> gb = Vector<float>::Zero(3);
+    CHECK_THROWS_AS(nn::linear_backward(g, cache, kStreams, gx, gw, gb), std::logic_error);
+    CHECK_THROWS_WITH(
+        nn::linear_backward(g, cache, kStreams, gx, gw, gb),
+        Contains("nn::linear_backward") && Contains("nn::linear_forward") && Contains("threw"));
+    CHECK(gw.isZero());
+    // The next forward refills the cache: backward gives what a fresh cache gives.
+    const Matrix<float> x8 = nn_test::random_matrix<float>(8, 5, 5);
+    nn::linear_forward(x8, w, Vector<float>(), p, cache, y8);
+    nn::linear_backward(g, cache, kStreams, gx, gw, gb);
+    nn::LinearCache<float> fresh;
+    Matrix<float> fy(8, 3), fgx(8, 5), fgw = Matrix<float>::Zero(3, 5);
+    Vector<float> fgb = Vector<float>::Zero(3);
+    nn::linear_forward(x8, w, Vector<float>(), p, fresh, fy);
+    nn::linear_backward(g, fresh, kStreams, fgx, fgw, fgb);
+    CHECK(y8 == fy);
+    CHECK(gx == fgx);
+    CHECK(gw == fgw);
+  }
+  SECTION("conv2d with a larger geometry than the cache's last pass") {
+    const nn::Conv2dGeometry small(1, 3, 3, 1, 2), big(2, 8, 8, 3, 3, 1, 1);
+    nn::Conv2dCache<float> cache;
+    Matrix<float> small_y(1, small.output_size());
+    nn::conv2d_forward(nn_test::random_matrix<float>(1, 9, 6),
+                       nn_test::random_matrix<float>(1, 4, 7), Vector<float>(), small, p, cache,
+                       small_y);
+    const Matrix<float> w = nn_test::random_matrix<float>(3, big.patch_size(), 8);
+    Matrix<float> huge = nn_test::random_matrix<float>(4, big.input_size(), 9);
+    huge(1, 5) = kHuge;
+    huge(2, 7) = -kHuge;
+    Matrix<float> y(4, big.output_size());
+    CHECK_THROWS_AS(nn::conv2d_forward(huge, w, Vector<float>(), big, p, cache, y),
+                    std::domain_error);
+    // Before the fix the cache said "big" while its im2col buffer was the small one, and this
+    // backward read past it.
+    const Matrix<float> g = nn_test::random_matrix<float>(4, big.output_size(), 10);
+    Matrix<float> gx(4, big.input_size()), gw = Matrix<float>::Zero(3, big.patch_size());
+    Vector<float> gb = Vector<float>::Zero(3);
+    CHECK_THROWS_AS(nn::conv2d_backward(g, cache, kStreams, gx, gw, gb), std::logic_error);
+    CHECK_THROWS_WITH(nn::conv2d_backward(g, cache, kStreams, gx, gw, gb),
+                      Contains("nn::conv2d_backward") && Contains("no completed forward pass"));
+    CHECK(gw.isZero());
+    CHECK(gb.isZero());
+    const Matrix<float> x = nn_test::random_matrix<float>(4, big.input_size(), 11);
+    nn::conv2d_forward(x, w, Vector<float>(), big, p, cache, y);
+    nn::conv2d_backward(g, cache, kStreams, gx, gw, gb);
+    nn::Conv2dCache<float> fresh;
+    Matrix<float> fy(4, big.output_size()), fgx(4, big.input_size()),
+        fgw = Matrix<float>::Zero(3, big.patch_size());
+    Vector<float> fgb = Vector<float>::Zero(3);
+    nn::conv2d_forward(x, w, Vector<float>(), big, p, fresh, fy);
+    nn::conv2d_backward(g, fresh, kStreams, fgx, fgw, fgb);
+    CHECK(y == fy);
+    CHECK(gx == fgx);
+    CHECK(gw == fgw);
+    CHECK(gb == fgb);
+  }
+}
+
+TEST_CASE("A forward that fails an argument check leaves the cache of the previous pass usable",
+          "[nn][errors][cache]") {
+  const Matrix<float> x = nn_test::random_matrix<float>(4, 5, 20);
+  const Matrix<float> w = nn_test::random_matrix<float>(3, 5, 21);
+  const Matrix<float> g = nn_test::random_matrix<float>(4, 3, 22);
+  const nn::QuantPolicy policy;  // FQT
+  nn::LinearCache<float> cache;
+  Matrix<float> y(4, 3), gx(4, 5), gw = Matrix<float>::Zero(3, 5);
+  Vector<float> gb = Vector<float>::Zero(3);
+  nn::linear_forward(x, w, Vector<float>(), policy, cache, y);
+  nn::linear_backward(g, cache, kStreams, gx, gw, gb);
+  const Matrix<float> gx1 = gx, gw1 = gw;
+  Matrix<float> bad = nn_test::random_matrix<float>(6, 5, 23);
+  bad(2, 2) = std::numeric_limits<float>::quiet_NaN();
+  Matrix<float> y6(6, 3);
+  CHECK_THROWS_AS(nn::linear_forward(bad, w, Vector<float>(), policy, cache, y6),
+                  std::domain_error);
+  gw.setZero();
+  nn::linear_backward(g, cache, kStreams, gx, gw, gb);  // still the pass on x
+  CHECK(gx == gx1);
+  CHECK(gw == gw1);
+}
+
+TEST_CASE("batch_norm2d_forward refuses statistics that overflow and changes nothing",
+          "[nn][errors][bn][cache]") {
+  // Finite inputs whose sum overflows double: the mean is infinite and the output would be NaN.
+  Matrix<double> x = nn_test::random_matrix(4, 2 * 3, 30);
+  for (Index s = 0; s < 4; ++s) x.row(s).segment(3, 3).setConstant(s == 1 ? -1e308 : 1e308);
+  const Vector<double> gamma = Vector<double>::Ones(2), beta = Vector<double>::Zero(2);
+  Vector<double> mean = Vector<double>::Constant(2, 0.5), var = Vector<double>::Constant(2, 2.0);
+  nn::BatchNorm2dCache<double> cache;
+  Matrix<double> y(4, 6);
+  CHECK_THROWS_AS(
+      nn::batch_norm2d_forward(x, 2, gamma, beta, mean, var, 0.1, 1e-5, true, true, cache, y),
+      std::domain_error);
+  CHECK_THROWS_WITH(
+      nn::batch_norm2d_forward(x, 2, gamma, beta, mean, var, 0.1, 1e-5, true, true, cache, y),
+      Contains("nn::batch_norm2d_forward") && Contains("channel 1") && Contains("overflow"));
+  CHECK(mean == Vector<double>::Constant(2, 0.5));  // running statistics untouched
+  CHECK(var == Vector<double>::Constant(2, 2.0));
+  Matrix<double> gx(4, 6);
+  Vector<double> gg = Vector<double>::Zero(2), gbeta = Vector<double>::Zero(2);
+  CHECK_THROWS_AS(
+      nn::batch_norm2d_backward(Matrix<double>::Ones(4, 6), gamma, cache, gx, gg, gbeta),
+      std::logic_error);
+}
+
+TEST_CASE("batch_norm2d_forward rejects non-finite parameters and bad running statistics",
+          "[nn][errors][bn]") {
+  const Matrix<float> x = nn_test::random_matrix<float>(4, 2 * 3, 31);
+  Vector<float> gamma = Vector<float>::Ones(2), beta = Vector<float>::Zero(2);
+  Vector<float> mean = Vector<float>::Zero(2), var = Vector<float>::Ones(2);
+  nn::BatchNorm2dCache<float> cache;
+  Matrix<float> y(4, 6);
+  SECTION("a negative running variance, used to normalise, would give NaN") {
+    var(1) = -1;
+    CHECK_THROWS_WITH(
+        nn::batch_norm2d_forward(x, 2, gamma, beta, mean, var, 0.1f, 1e-5f, false, false, cache, y),
+        Contains("running_var element 1 is -1"));
+  }
+  SECTION("a NaN running mean, moved toward the batch mean, stays NaN") {
+    mean(0) = std::numeric_limits<float>::quiet_NaN();
+    CHECK_THROWS_AS(
+        nn::batch_norm2d_forward(x, 2, gamma, beta, mean, var, 0.1f, 1e-5f, true, true, cache, y),
+        std::domain_error);
+  }
+  SECTION("a NaN gamma") {
+    gamma(1) = std::numeric_limits<float>::quiet_NaN();
+    CHECK_THROWS_WITH(
+        nn::batch_norm2d_forward(x, 2, gamma, beta, mean, var, 0.1f, 1e-5f, true, false, cache, y),
+        Contains("gamma element (1, 0)"));
+  }
+  SECTION("an infinite or NaN eps, a NaN momentum") {
+    const float inf = std::numeric_limits<float>::infinity();
+    CHECK_THROWS_WITH(
+        nn::batch_norm2d_forward(x, 2, gamma, beta, mean, var, 0.1f, inf, true, false, cache, y),
+        Contains("eps inf"));
+    CHECK_THROWS_AS(nn::batch_norm2d_forward(x, 2, gamma, beta, mean, var, 0.1f, std::nanf(""),
+                                             true, false, cache, y),
+                    std::invalid_argument);
+    CHECK_THROWS_AS(nn::batch_norm2d_forward(x, 2, gamma, beta, mean, var, std::nanf(""), 1e-5f,
+                                             true, false, cache, y),
+                    std::invalid_argument);
+  }
+  CHECK_FALSE(cache.complete);  // every check threw before the cache was touched
+}
+
+// ---- sizes that overflow Index -----------------------------------------------------------------
+
+TEST_CASE("detail::checked_product and checked_sum name the operands when they overflow",
+          "[nn][errors][overflow]") {
+  constexpr Index kMax = std::numeric_limits<Index>::max();
+  CHECK(nn::detail::checked_product("f", "a * b", {3, 4}) == 12);
+  CHECK(nn::detail::checked_product("f", "a * b", {0, kMax, kMax}) == 0);
+  CHECK(nn::detail::checked_product("f", "a", {kMax}) == kMax);
+  CHECK_THROWS_WITH(nn::detail::checked_product("f", "a * b * c", {2, kMax / 2 + 1, 1}),
+                    Contains("f: a * b * c = 2 * 4611686018427387904 * 1 overflows Index"));
+  CHECK_THROWS_WITH(nn::detail::checked_product("f", "a * b", {-2, 3}),
+                    Contains("a * b = -2 * 3 has a negative factor"));
+  CHECK(nn::detail::checked_sum("g", "a + b", {kMax - 1, 1}) == kMax);
+  CHECK_THROWS_WITH(nn::detail::checked_sum("g", "a + b", {kMax, 1}), Contains("overflows Index"));
+}
+
+TEST_CASE("conv2d_forward rejects a geometry whose sizes overflow Index instead of crashing",
+          "[nn][errors][overflow]") {
+  constexpr Index k32 = Index{1} << 32;
+  nn::Conv2dCache<float> cache;
+  SECTION("H = W = 2^32: C·H·W wraps to 0 and every shape check would pass") {
+    const nn::Conv2dGeometry g(1, k32, k32, 1, 1);
+    Matrix<float> x(1, 0), w = Matrix<float>::Ones(1, 1), y(1, 0);
+    CHECK_THROWS_WITH(
+        nn::conv2d_forward(x, w, Vector<float>(), g, exact_policy(), cache, y),
+        Contains("nn::conv2d_forward: in_channels * in_height * in_width = 1 * 4294967296 * "
+                 "4294967296 overflows Index"));
+  }
+  SECTION("each derived size of the geometry") {
+    nn::Conv2dGeometry padded(1, 4, 4, 1, 3, 1, Index{1} << 62);
+    CHECK_THROWS_WITH(padded.validate("v"),
+                      Contains("in_height + padding_height + padding_height = 4 + "
+                               "4611686018427387904 + 4611686018427387904 overflows Index"));
+    nn::Conv2dGeometry patch(Index{1} << 40, 1, 1, 1, 1 << 12, 1, 1 << 11);
+    CHECK_THROWS_WITH(patch.validate("v"),
+                      Contains("in_channels * kernel_height * kernel_width = 1099511627776 * "
+                               "4096 * 4096 overflows Index"));
+    nn::Conv2dGeometry output(1, 1 << 20, 1 << 20, Index{1} << 30, 1);
+    CHECK_THROWS_WITH(output.validate("v"),
+                      Contains("out_channels * out_height * out_width = 1073741824 * 1048576 * "
+                               "1048576 overflows Index"));
+    nn::Conv2dGeometry columns(1 << 20, 1 << 12, 1 << 12, 1, 1 << 10, 1, 1 << 9);
+    CHECK_THROWS_WITH(
+        columns.validate("v"),
+        Contains("in_channels * kernel_height * kernel_width * out_height * out_width = 1048576 "
+                 "* 1024 * 1024 * 4097 * 4097 overflows Index"));
+  }
+  SECTION("the im2col buffer of the batch, N·C·kh·kw × Ho·Wo") {
+    // Per sample everything fits (C·H·W = 2^20, C·kh·kw·Ho·Wo ≈ 2^38), but N = 2^26 samples
+    // need 2^64 columns entries. The maps are never read: the check comes first.
+    const nn::Conv2dGeometry g(1, 1 << 10, 1 << 10, 1, 1 << 9, 1, 1 << 8);
+    const Index n = Index{1} << 26;
+    float buffer[1] = {0};
+    const Matrix<float> w = Matrix<float>::Zero(1, g.patch_size());
+    Eigen::Map<Matrix<float>> x(buffer, n, g.input_size()), y(buffer, n, g.output_size());
+    CHECK_THROWS_WITH(nn::conv2d_forward(x, w, Vector<float>(), g, exact_policy(), cache, y),
+                      Contains("batch * in_channels * kernel_height * kernel_width * out_height * "
+                               "out_width = 67108864 * 1 * 512 * 512 * 1025 * 1025 overflows"));
+  }
+  CHECK_FALSE(cache.complete);
+}
+
+TEST_CASE("max_pool2d rejects sizes that overflow Index or its int32 argmax, and a negative stride",
+          "[nn][errors][overflow]") {
+  constexpr Index k32 = Index{1} << 32;
+  nn::MaxPool2dCache<float> cache;
+  const nn::Pool2dGeometry wraps(1, k32, k32, 2);
+  Matrix<float> x(1, 0), y(1, 0);
+  CHECK_THROWS_WITH(nn::max_pool2d_forward(x, wraps, cache, y),
+                    Contains("nn::max_pool2d_forward: channels * in_height * in_width = 1 * "
+                             "4294967296 * 4294967296 overflows Index"));
+  // 2^32 columns fit an Index but not the int32 argmax.
+  const nn::Pool2dGeometry wide(1, 1 << 16, 1 << 16, 2);
+  float buffer[1] = {0};
+  Eigen::Map<Matrix<float>> wide_x(buffer, 1, wide.input_size()),
+      wide_y(buffer, 1, wide.output_size());
+  CHECK_THROWS_WITH(nn::max_pool2d_forward(wide_x, wide, cache, wide_y),
+                    Contains("4294967296 exceeds the int32 argmax index limit 2147483647"));
+  const nn::Pool2dGeometry backwards(1, 4, 4, 2, -1);
+  CHECK_THROWS_WITH(backwards.validate("v"),
+                    Contains("stride must be positive") && Contains("stride -1 x -1"));
+  CHECK_FALSE(cache.complete);
+}
+
+// ---- enum fields out of range --------------------------------------------------------------
+
+TEST_CASE("An out-of-range gradient quantizer is rejected, never read from a blank workspace",
+          "[nn][errors][policy]") {
+  nn::QuantPolicy bad;
+  bad.grad_input_quantizer = static_cast<nn::GradInputQuantizer>(7);
+  const Matrix<float> x = nn_test::random_matrix<float>(4, 5, 40);
+  const Matrix<float> w = nn_test::random_matrix<float>(3, 5, 41);
+  nn::LinearCache<float> cache;
+  Matrix<float> y(4, 3);
+  CHECK_THROWS_WITH(
+      nn::linear_forward(x, w, Vector<float>(), bad, cache, y),
+      Contains("nn::linear_forward") && Contains("grad_input_quantizer") && Contains("got 7"));
+  nn::Conv2dCache<float> cc;
+  const nn::Conv2dGeometry geo(1, 3, 3, 1, 2);
+  Matrix<float> cy(1, geo.output_size());
+  CHECK_THROWS_WITH(nn::conv2d_forward(Matrix<float>::Ones(1, 9), Matrix<float>::Ones(1, 4),
+                                       Vector<float>(), geo, bad, cc, cy),
+                    Contains("nn::conv2d_forward") && Contains("grad_input_quantizer"));
+  // The dispatch itself does not fall through silently when handed such a policy.
+  const Matrix<float> g = nn_test::random_matrix<float>(4, 3, 42);
+  Matrix<float> out(4, 3);
+  CHECK_THROWS_AS(nn::detail::quantize_grad_input<float>(bad, g, Philox(1), out), std::logic_error);
+  nn::QuantPolicy bad_weight;
+  bad_weight.grad_weight_quantizer = static_cast<nn::GradWeightQuantizer>(5);
+  CHECK_THROWS_AS(nn::detail::quantize_grad_weight<float>(bad_weight, g, Philox(1), out),
+                  std::logic_error);
+  nn::QuantPolicy bad_rounding;
+  bad_rounding.gradient_rounding = static_cast<nn::GradientRounding>(2);
+  CHECK_THROWS_WITH(nn::detail::quantize_grad_input<float>(bad_rounding, g, Philox(1), out),
+                    Contains("gradient_rounding = 2"));
+  CHECK_THROWS_AS(nn::detail::quantize_grad_weight<float>(bad_rounding, g, Philox(1), out),
+                  std::logic_error);
 }

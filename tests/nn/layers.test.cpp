@@ -139,9 +139,82 @@ TEST_CASE("BatchNorm2d uses running statistics outside training", "[nn][layers][
   nn::Tape<double> tape;
   bn.forward(tape, nn::Variable<double>(x, {2, 2, 2}), ctx);
   const auto mean = bn.running_mean(), var = bn.running_var();
-  CHECK(mean.minCoeff() > 1.0);
+  // From (0, 1) with momentum 0.5: half the batch mean and 0.5 + half the unbiased variance.
+  for (Index c = 0; c < 2; ++c) {
+    Eigen::ArrayXd values(24);
+    for (Index s = 0; s < 6; ++s) values.segment(s * 4, 4) = x.row(s).segment(c * 4, 4).array();
+    const double batch_mean = values.mean();
+    const double unbiased = (values - batch_mean).square().sum() / 23;
+    CHECK_THAT(mean(c), Catch::Matchers::WithinRel(0.5 * batch_mean, 1e-12));
+    CHECK_THAT(var(c), Catch::Matchers::WithinRel(0.5 + 0.5 * unbiased, 1e-12));
+  }
   ctx.training = false;
   const auto y = bn.forward(tape, nn::Variable<double>(x, {2, 2, 2}), ctx);
   CHECK(bn.running_mean() == mean);  // not updated in evaluation
   CHECK(y.value()(0, 0) == Approx((x(0, 0) - mean(0)) / std::sqrt(var(0) + 1e-5)));
+}
+
+TEST_CASE("Layer constructors reject sizes that overflow and bad hyper-parameters",
+          "[nn][layers][errors]") {
+  // in_channels·k·k = 2^31·2^17·2^17 wraps to 0: an empty weight with an infinite Kaiming scale.
+  CHECK_THROWS_WITH(nn::Conv2d<float>(Index{1} << 31, 1, Index{1} << 17, 1, 0, Philox(1)),
+                    Contains("nn::Conv2d") && Contains("in_channels * kernel * kernel") &&
+                        Contains("overflows Index"));
+  CHECK_THROWS_WITH(nn::Linear<float>(Index{1} << 32, Index{1} << 32, Philox(1)),
+                    Contains("nn::Linear") && Contains("overflows Index"));
+  CHECK_THROWS_WITH(nn::MaxPool2d<float>(2, -1), Contains("nn::MaxPool2d") && Contains("-1"));
+  CHECK_THROWS_AS(nn::MaxPool2d<float>(2, 0, 2), std::invalid_argument);
+  CHECK_THROWS_WITH(nn::BatchNorm2d<float>(3, 0.1f, std::numeric_limits<float>::infinity()),
+                    Contains("nn::BatchNorm2d") && Contains("eps inf"));
+  CHECK_THROWS_AS(nn::BatchNorm2d<float>(3, std::nanf("")), std::invalid_argument);
+  CHECK_THROWS_AS(nn::BatchNorm2d<float>(3, 1.5f), std::invalid_argument);
+}
+
+TEST_CASE("A layer whose forward threw records nothing and works on the next forward",
+          "[nn][layers][errors]") {
+  // A finite input whose range overflows float makes Q_f throw inside the forward op.
+  auto ctx = [] {
+    nn::Context c;
+    c.rng = Philox(8);
+    return c;
+  }();
+  nn::Conv2d<float> conv(2, 3, 3, 1, 1, Philox(3)), twin(2, 3, 3, 1, 1, Philox(3));
+  nn::Linear<float> linear(3 * 4 * 4, 2, Philox(4)), linear_twin(3 * 4 * 4, 2, Philox(4));
+  nn::Tape<float> tape;
+  {
+    nn::Tape<float> first;  // a completed pass on a smaller image
+    conv.forward(
+        first, nn::Variable<float>(nn_test::random_matrix<float>(1, 2 * 3 * 3, 1), {2, 3, 3}, true),
+        ctx);
+  }
+  Matrix<float> huge = nn_test::random_matrix<float>(3, 2 * 4 * 4, 2);
+  huge(0, 0) = 3e38f;
+  huge(2, 1) = -3e38f;
+  CHECK_THROWS_AS(conv.forward(tape, nn::Variable<float>(huge, {2, 4, 4}, true), ctx),
+                  std::domain_error);
+  CHECK(tape.size() == 0);
+  Matrix<float> huge_features = nn_test::random_matrix<float>(3, 48, 6);
+  huge_features(1, 0) = 3e38f;
+  huge_features(0, 47) = -3e38f;
+  CHECK_THROWS_AS(linear.forward(tape, nn::Variable<float>(huge_features, true), ctx),
+                  std::domain_error);
+  CHECK(tape.size() == 0);
+
+  const Matrix<float> x = nn_test::random_matrix<float>(3, 2 * 4 * 4, 5);
+  const std::vector<int> labels{0, 1, 1};
+  auto gradients = [&](nn::Conv2d<float>& c, nn::Linear<float>& l) {
+    for (auto& p : c.parameters()) p.variable.zero_grad();
+    for (auto& p : l.parameters()) p.variable.zero_grad();
+    nn::Tape<float> t;
+    const nn::Variable<float> in(x, {2, 4, 4});
+    const auto h = nn::flatten(nn::relu(t, c.forward(t, in, ctx)));
+    t.backward(nn::softmax_cross_entropy(t, l.forward(t, h, ctx), labels));
+    return std::vector<Matrix<float>>{c.weight().grad(), c.bias().grad(), l.weight().grad()};
+  };
+  const auto after_throw = gradients(conv, linear);
+  const auto fresh = gradients(twin, linear_twin);
+  for (std::size_t i = 0; i < fresh.size(); ++i) {
+    CAPTURE(i);
+    CHECK(after_throw[i] == fresh[i]);
+  }
 }

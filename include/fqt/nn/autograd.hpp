@@ -28,8 +28,16 @@ struct FeatureShape {
   Index channels = 0;  ///< C
   Index height = 1;    ///< H
   Index width = 1;     ///< W
-  /// \brief C·H·W, the number of columns of a batch.
+  /// \brief C·H·W, the number of columns of a batch (not overflow-checked: a Variable checks its
+  /// shape with checked_size() when it is built or reshaped).
   Index size() const { return channels * height * width; }
+  /// \brief C·H·W; throws std::invalid_argument naming `where` unless every dimension is ≥ 0 and
+  /// the product fits in an Index.
+  Index checked_size(const char* where) const {
+    check(channels >= 0 && height >= 0 && width >= 0, where, "shape dimensions must be >= 0, got ",
+          channels, " x ", height, " x ", width);
+    return detail::checked_product(where, "channels * height * width", {channels, height, width});
+  }
   friend bool operator==(const FeatureShape& a, const FeatureShape& b) {
     return a.channels == b.channels && a.height == b.height && a.width == b.width;
   }
@@ -50,8 +58,9 @@ class Variable {
   Variable(Matrix<Scalar> value, FeatureShape shape, bool requires_grad = false)
       : node_(std::make_shared<Node>()), shape_(shape) {
     if (shape_.channels == 0) shape_ = FeatureShape{value.cols(), 1, 1};
-    check(shape_.size() == value.cols(), "nn::Variable", "shape ", shape_.channels, " x ",
-          shape_.height, " x ", shape_.width, " does not match ", value.cols(), " columns");
+    check(shape_.checked_size("nn::Variable") == value.cols(), "nn::Variable", "shape ",
+          shape_.channels, " x ", shape_.height, " x ", shape_.width, " does not match ",
+          value.cols(), " columns");
     node_->value = std::move(value);
     node_->requires_grad = requires_grad;
   }
@@ -84,8 +93,9 @@ class Variable {
   }
   /// \brief The same node seen with another per-sample shape of the same size (a view).
   Variable reshaped(FeatureShape shape) const {
-    check(shape.size() == shape_.size(), "nn::Variable::reshaped", "cannot view ", shape_.size(),
-          " features as ", shape.channels, " x ", shape.height, " x ", shape.width);
+    check(shape.checked_size("nn::Variable::reshaped") == shape_.size(), "nn::Variable::reshaped",
+          "cannot view ", shape_.size(), " features as ", shape.channels, " x ", shape.height,
+          " x ", shape.width);
     Variable v = *this;
     v.shape_ = shape;
     return v;

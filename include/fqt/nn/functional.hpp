@@ -14,6 +14,13 @@
 /// - Each forward fills a cache with what its backward needs; a cache reused across steps of the
 ///   same shapes does not allocate. Backward functions say whether they overwrite or accumulate.
 ///   An output argument of size 0 (an empty matrix or vector) means "not wanted" and is skipped.
+/// - What a throw leaves behind: a forward function checks every argument (shapes, sizes that
+///   could overflow Index, finiteness) before it touches the cache, so a bad argument leaves the
+///   cache as it was, still usable by the backward of the previous forward pass. Past the checks,
+///   a throw (a quantizer's range overflow, std::bad_alloc) leaves the cache marked incomplete
+///   (`cache.complete == false`); so does default construction. The matching backward then throws
+///   std::logic_error instead of reading stale or uninitialised workspaces, and the next forward
+///   call refills the cache. The forward's output is unspecified after a throw.
 /// - Mode::FQT quantizes the output gradient G twice, for grad-input and grad-weight, from the two
 ///   independent streams of a GradientStreams; the bias gradient is always full precision.
 /// - Every function checks shapes (std::invalid_argument) and finiteness of its inputs and
@@ -46,6 +53,10 @@ namespace nn {
 /// values an integer GEMM with the affine correction terms would produce.
 template <class Scalar = float>
 struct LinearCache {
+  /// True once linear_forward has completed into this cache; false when default-constructed or
+  /// when the last forward threw after it started filling the cache (linear_backward then throws
+  /// std::logic_error).
+  bool complete = false;
   QuantPolicy policy;              ///< the policy of the forward pass (backward follows it)
   Matrix<Scalar> input;            ///< X̂ = Q_f(X) (X itself in Mode::Exact), N × in
   Matrix<Scalar> weight;           ///< Ŵ = Q_f(W) (W itself in Mode::Exact), out × in
@@ -58,8 +69,11 @@ struct LinearCache {
 /// \param weight W, out × in
 /// \param bias b, size out, or size 0 for no bias (never quantized)
 /// \param policy mode and forward bits; recorded in the cache for the backward pass
-/// \param cache filled with X̂ and Ŵ
-/// \param output Y, N × out
+/// \param cache filled with X̂ and Ŵ; unchanged when an argument check throws, marked incomplete
+///        (backward throws std::logic_error) when a later step throws
+/// \param output Y, N × out (unspecified after a throw)
+/// \throws std::invalid_argument on a bad policy or shape, std::domain_error on NaN/Inf in the
+///         input, weight or bias or when a forward quantizer's range overflows
 template <class Scalar>
 void linear_forward(const detail::ConstMatrix<Scalar>& input,
                     const detail::ConstMatrix<Scalar>& weight,
@@ -77,6 +91,8 @@ void linear_forward(const detail::ConstMatrix<Scalar>& input,
   detail::check_finite(weight, kWhere, "weight");
   detail::check_finite(bias, kWhere, "bias");
 
+  // Every check has passed: from here on the cache is incomplete until the pass finishes.
+  cache.complete = false;
   cache.policy = policy;
   detail::ensure_shape(cache.input, input.rows(), input.cols());
   detail::ensure_shape(cache.weight, weight.rows(), weight.cols());
@@ -89,6 +105,7 @@ void linear_forward(const detail::ConstMatrix<Scalar>& input,
   }
   detail::gemm(output, cache.input, cache.weight.transpose(), false);
   if (bias.size() > 0) output.rowwise() += bias.transpose();
+  cache.complete = true;
 }
 
 /// \brief Backward of linear_forward with the straight-through estimator through Q_f.
@@ -102,11 +119,16 @@ void linear_forward(const detail::ConstMatrix<Scalar>& input,
 /// \param grad_input ∂L/∂X, N × in: **overwritten** (size 0: not computed)
 /// \param grad_weight ∂L/∂W, out × in: **accumulated** (size 0: not computed)
 /// \param grad_bias ∂L/∂b, size out: **accumulated** (size 0: not computed)
+/// \throws std::logic_error when the cache holds no completed forward pass;
+///         std::invalid_argument / std::domain_error on a bad shape, NaN/Inf in grad_output or a
+///         gradient quantizer's range overflow, before any output is written. The cache stays
+///         usable for another backward call.
 template <class Scalar>
 void linear_backward(const detail::ConstMatrix<Scalar>& grad_output, LinearCache<Scalar>& cache,
                      const GradientStreams& streams, detail::OutMatrix<Scalar> grad_input,
                      detail::OutMatrix<Scalar> grad_weight, detail::OutVector<Scalar> grad_bias) {
   constexpr const char* kWhere = "nn::linear_backward";
+  detail::require_complete_forward(cache.complete, kWhere, "nn::linear_forward");
   const Index n = cache.input.rows(), in = cache.input.cols(), out = cache.weight.rows();
   detail::check_shape(grad_output, n, out, kWhere, "grad_output");
   if (grad_input.size() > 0) detail::check_shape(grad_input, n, in, kWhere, "grad_input");
@@ -117,11 +139,19 @@ void linear_backward(const detail::ConstMatrix<Scalar>& grad_output, LinearCache
 
   const QuantPolicy& policy = cache.policy;
   const bool quantize = policy.quantizes_backward();
+  // Both quantizations (which can throw) run before any output is written.
+  if (quantize && grad_input.size() > 0) {
+    detail::ensure_shape(cache.grad_for_input, n, out);
+    detail::quantize_grad_input<Scalar>(policy, grad_output, streams.grad_input,
+                                        cache.grad_for_input);
+  }
+  if (quantize && grad_weight.size() > 0) {
+    detail::ensure_shape(cache.grad_for_weight, n, out);
+    detail::quantize_grad_weight<Scalar>(policy, grad_output, streams.grad_weight,
+                                         cache.grad_for_weight);
+  }
   if (grad_input.size() > 0) {
     if (quantize) {
-      detail::ensure_shape(cache.grad_for_input, n, out);
-      detail::quantize_grad_input<Scalar>(policy, grad_output, streams.grad_input,
-                                          cache.grad_for_input);
       detail::gemm(grad_input, cache.grad_for_input, cache.weight, false);
     } else {
       detail::gemm(grad_input, grad_output, cache.weight, false);
@@ -129,9 +159,6 @@ void linear_backward(const detail::ConstMatrix<Scalar>& grad_output, LinearCache
   }
   if (grad_weight.size() > 0) {
     if (quantize) {
-      detail::ensure_shape(cache.grad_for_weight, n, out);
-      detail::quantize_grad_weight<Scalar>(policy, grad_output, streams.grad_weight,
-                                           cache.grad_for_weight);
       detail::gemm(grad_weight, cache.grad_for_weight.transpose(), cache.input, true);
     } else {
       detail::gemm(grad_weight, grad_output.transpose(), cache.input, true);
@@ -146,6 +173,9 @@ void linear_backward(const detail::ConstMatrix<Scalar>& grad_output, LinearCache
 
 /// \brief Shape of a 2-D convolution: input C×H×W, K output channels, a kh×kw kernel, strides and
 /// zero paddings. Output height ⌊(H + 2·ph − kh)/sh⌋ + 1, likewise the width.
+///
+/// The size accessors (out_height(), input_size(), ...) do not check for overflow: call
+/// validate() first, which checks every one of them (the functional and autograd ops do).
 struct Conv2dGeometry {
   Index in_channels = 0;     ///< C
   Index in_height = 0;       ///< H
@@ -188,8 +218,10 @@ struct Conv2dGeometry {
   /// \brief Columns of the weight matrix, C·kh·kw.
   Index patch_size() const { return in_channels * kernel_height * kernel_width; }
 
-  /// \brief Throws std::invalid_argument naming `where` and the offending field unless every
-  /// size is positive, paddings are non-negative and the kernel fits in the padded input.
+  /// \brief Throws std::invalid_argument naming `where` and the offending fields and values
+  /// unless every size is positive, paddings are non-negative, the kernel fits in the padded
+  /// input and every derived size — H + 2·ph, W + 2·pw, C·H·W, C·kh·kw, Ho·Wo, K·Ho·Wo and the
+  /// per-sample im2col buffer C·kh·kw·Ho·Wo — fits in an Index.
   void validate(const char* where) const {
     check(in_channels > 0 && in_height > 0 && in_width > 0 && out_channels > 0, where,
           "channels and spatial sizes must be positive, got in_channels ", in_channels,
@@ -200,12 +232,28 @@ struct Conv2dGeometry {
           stride_height, " x ", stride_width);
     check(padding_height >= 0 && padding_width >= 0, where, "padding must be >= 0, got ",
           padding_height, " x ", padding_width);
-    check(kernel_height <= in_height + 2 * padding_height, where, "kernel_height ", kernel_height,
-          " is larger than the padded input height ", in_height + 2 * padding_height,
-          " (in_height ", in_height, " + 2 * padding ", padding_height, ")");
-    check(kernel_width <= in_width + 2 * padding_width, where, "kernel_width ", kernel_width,
-          " is larger than the padded input width ", in_width + 2 * padding_width, " (in_width ",
-          in_width, " + 2 * padding ", padding_width, ")");
+    const Index padded_height =
+        detail::checked_sum(where, "in_height + padding_height + padding_height",
+                            {in_height, padding_height, padding_height});
+    const Index padded_width =
+        detail::checked_sum(where, "in_width + padding_width + padding_width",
+                            {in_width, padding_width, padding_width});
+    check(kernel_height <= padded_height, where, "kernel_height ", kernel_height,
+          " is larger than the padded input height ", padded_height, " (in_height ", in_height,
+          " + 2 * padding ", padding_height, ")");
+    check(kernel_width <= padded_width, where, "kernel_width ", kernel_width,
+          " is larger than the padded input width ", padded_width, " (in_width ", in_width,
+          " + 2 * padding ", padding_width, ")");
+    detail::checked_product(where, "in_channels * in_height * in_width",
+                            {in_channels, in_height, in_width});
+    detail::checked_product(where, "in_channels * kernel_height * kernel_width",
+                            {in_channels, kernel_height, kernel_width});
+    // Past the checks above, out_height() ≤ H + 2·ph and out_width() ≤ W + 2·pw cannot overflow.
+    const Index ho = out_height(), wo = out_width();
+    detail::checked_product(where, "out_channels * out_height * out_width", {out_channels, ho, wo});
+    detail::checked_product(where,
+                            "in_channels * kernel_height * kernel_width * out_height * out_width",
+                            {in_channels, kernel_height, kernel_width, ho, wo});
   }
 };
 
@@ -276,6 +324,10 @@ using ConstRowMap = Eigen::Map<const Matrix<Scalar>>;
 /// \brief What conv2d_backward needs from conv2d_forward, plus its workspaces.
 template <class Scalar = float>
 struct Conv2dCache {
+  /// True once conv2d_forward has completed into this cache; false when default-constructed or
+  /// when the last forward threw after it started filling the cache (conv2d_backward then throws
+  /// std::logic_error).
+  bool complete = false;
   QuantPolicy policy;       ///< the policy of the forward pass
   Conv2dGeometry geometry;  ///< the geometry of the forward pass
   Index batch = 0;          ///< N
@@ -295,8 +347,12 @@ struct Conv2dCache {
 /// \param bias b, size K, or size 0 for no bias (never quantized)
 /// \param geometry the convolution's shape (validated)
 /// \param policy mode and forward bits; recorded in the cache
-/// \param cache filled with Ŵ and the columns of X̂
-/// \param output Y, N × (K·Ho·Wo)
+/// \param cache filled with Ŵ and the columns of X̂; unchanged when an argument check throws,
+///        marked incomplete (backward throws std::logic_error) when a later step throws
+/// \param output Y, N × (K·Ho·Wo) (unspecified after a throw)
+/// \throws std::invalid_argument on a bad policy, geometry or shape or a size that overflows
+///         Index (naming the fields and values), std::domain_error on NaN/Inf in the input,
+///         weight or bias or when a forward quantizer's range overflows
 template <class Scalar>
 void conv2d_forward(const detail::ConstMatrix<Scalar>& input,
                     const detail::ConstMatrix<Scalar>& weight,
@@ -317,11 +373,17 @@ void conv2d_forward(const detail::ConstMatrix<Scalar>& input,
   check(bias.size() == 0 || bias.size() == g.out_channels, kWhere, "bias has size ", bias.size(),
         ", expected ", g.out_channels, " (or 0 for no bias)");
   detail::check_shape(output, input.rows(), g.output_size(), kWhere, "output");
+  const Index n = input.rows(), patch = g.patch_size(), plane = g.out_height() * g.out_width();
+  // The im2col buffer of the batch, (N·C·kh·kw) × (Ho·Wo).
+  detail::checked_product(
+      kWhere, "batch * in_channels * kernel_height * kernel_width * out_height * out_width",
+      {n, g.in_channels, g.kernel_height, g.kernel_width, g.out_height(), g.out_width()});
   detail::check_finite(input, kWhere, "input");
   detail::check_finite(weight, kWhere, "weight");
   detail::check_finite(bias, kWhere, "bias");
 
-  const Index n = input.rows(), patch = g.patch_size(), plane = g.out_height() * g.out_width();
+  // Every check has passed: from here on the cache is incomplete until the pass finishes.
+  cache.complete = false;
   cache.policy = policy;
   cache.geometry = g;
   cache.batch = n;
@@ -350,6 +412,7 @@ void conv2d_forward(const detail::ConstMatrix<Scalar>& input,
       if (bias.size() > 0) y.colwise() += bias;
     }
   });
+  cache.complete = true;
 }
 
 /// \brief Backward of conv2d_forward with the straight-through estimator through Q_f.
@@ -366,11 +429,16 @@ void conv2d_forward(const detail::ConstMatrix<Scalar>& input,
 /// \param grad_input ∂L/∂X, N × (C·H·W): **overwritten** (size 0: not computed)
 /// \param grad_weight ∂L/∂W, K × (C·kh·kw): **accumulated** (size 0: not computed)
 /// \param grad_bias ∂L/∂b, size K: **accumulated** (size 0: not computed)
+/// \throws std::logic_error when the cache holds no completed forward pass;
+///         std::invalid_argument / std::domain_error on a bad shape, NaN/Inf in grad_output or a
+///         gradient quantizer's range overflow, before any output is written. The cache stays
+///         usable for another backward call.
 template <class Scalar>
 void conv2d_backward(const detail::ConstMatrix<Scalar>& grad_output, Conv2dCache<Scalar>& cache,
                      const GradientStreams& streams, detail::OutMatrix<Scalar> grad_input,
                      detail::OutMatrix<Scalar> grad_weight, detail::OutVector<Scalar> grad_bias) {
   constexpr const char* kWhere = "nn::conv2d_backward";
+  detail::require_complete_forward(cache.complete, kWhere, "nn::conv2d_forward");
   const Conv2dGeometry& g = cache.geometry;
   const Index n = cache.batch, patch = g.patch_size(), plane = g.out_height() * g.out_width();
   const Index k = g.out_channels;
@@ -478,6 +546,8 @@ void relu_backward(const Eigen::MatrixBase<Y>& output, const Eigen::MatrixBase<G
 // =============================================================================================
 
 /// \brief Shape of a 2-D max pooling over C channels of H×W; padding counts as −∞.
+///
+/// The size accessors do not check for overflow: call validate() first (the ops do).
 struct Pool2dGeometry {
   Index channels = 0;        ///< C
   Index in_height = 0;       ///< H
@@ -490,7 +560,8 @@ struct Pool2dGeometry {
   Index padding_width = 0;   ///< pw, at most kw/2
 
   Pool2dGeometry() = default;
-  /// \brief A square window; stride 0 means stride = kernel.
+  /// \brief A square window; stride 0 means stride = kernel (a negative stride is kept, for
+  /// validate() to reject).
   Pool2dGeometry(Index channels_, Index in_height_, Index in_width_, Index kernel, Index stride = 0,
                  Index padding = 0)
       : channels(channels_),
@@ -498,8 +569,8 @@ struct Pool2dGeometry {
         in_width(in_width_),
         kernel_height(kernel),
         kernel_width(kernel),
-        stride_height(stride > 0 ? stride : kernel),
-        stride_width(stride > 0 ? stride : kernel),
+        stride_height(stride != 0 ? stride : kernel),
+        stride_width(stride != 0 ? stride : kernel),
         padding_height(padding),
         padding_width(padding) {}
 
@@ -516,8 +587,10 @@ struct Pool2dGeometry {
   /// \brief Columns of an output batch, C·Ho·Wo.
   Index output_size() const { return channels * out_height() * out_width(); }
 
-  /// \brief Throws std::invalid_argument unless sizes are positive, padding ≤ kernel/2 and the
-  /// window fits in the padded input.
+  /// \brief Throws std::invalid_argument naming `where`, the fields and the values unless sizes
+  /// are positive, padding ≤ kernel/2, the window fits in the padded input, every derived size
+  /// (H + 2·ph, W + 2·pw, C·H·W, C·Ho·Wo) fits in an Index and C·H·W fits the int32 argmax of
+  /// MaxPool2dCache.
   void validate(const char* where) const {
     check(channels > 0 && in_height > 0 && in_width > 0, where,
           "channels and spatial sizes must be positive, got channels ", channels, ", in_height ",
@@ -525,26 +598,47 @@ struct Pool2dGeometry {
     check(kernel_height > 0 && kernel_width > 0 && stride_height > 0 && stride_width > 0, where,
           "kernel and stride must be positive, got kernel ", kernel_height, " x ", kernel_width,
           ", stride ", stride_height, " x ", stride_width);
-    check(padding_height >= 0 && padding_width >= 0 && 2 * padding_height <= kernel_height &&
-              2 * padding_width <= kernel_width,
+    // p ≤ k/2 rather than 2·p ≤ k: no product that could overflow.
+    check(padding_height >= 0 && padding_width >= 0 && padding_height <= kernel_height / 2 &&
+              padding_width <= kernel_width / 2,
           where, "padding must be in [0, kernel/2], got ", padding_height, " x ", padding_width,
           " for kernel ", kernel_height, " x ", kernel_width);
-    check(kernel_height <= in_height + 2 * padding_height &&
-              kernel_width <= in_width + 2 * padding_width,
-          where, "kernel ", kernel_height, " x ", kernel_width, " is larger than the padded input ",
-          in_height + 2 * padding_height, " x ", in_width + 2 * padding_width);
+    const Index padded_height =
+        detail::checked_sum(where, "in_height + padding_height + padding_height",
+                            {in_height, padding_height, padding_height});
+    const Index padded_width =
+        detail::checked_sum(where, "in_width + padding_width + padding_width",
+                            {in_width, padding_width, padding_width});
+    check(kernel_height <= padded_height && kernel_width <= padded_width, where, "kernel ",
+          kernel_height, " x ", kernel_width, " is larger than the padded input ", padded_height,
+          " x ", padded_width);
+    const Index size = detail::checked_product(where, "channels * in_height * in_width",
+                                               {channels, in_height, in_width});
+    check(size <= std::numeric_limits<std::int32_t>::max(), where,
+          "channels * in_height * in_width = ", channels, " * ", in_height, " * ", in_width, " = ",
+          size, " exceeds the int32 argmax index limit ", std::numeric_limits<std::int32_t>::max());
+    detail::checked_product(where, "channels * out_height * out_width",
+                            {channels, out_height(), out_width()});
   }
 };
 
 /// \brief The argmax of each pooling window, for max_pool2d_backward.
 template <class Scalar = float>
 struct MaxPool2dCache {
+  /// True once max_pool2d_forward has completed into this cache; false when default-constructed
+  /// or when the last forward threw after it started filling the cache (max_pool2d_backward then
+  /// throws std::logic_error).
+  bool complete = false;
   Pool2dGeometry geometry;  ///< the geometry of the forward pass
   Eigen::Matrix<std::int32_t, Eigen::Dynamic, Eigen::Dynamic, Eigen::RowMajor>
       argmax;  ///< N × (C·Ho·Wo): input column of each output's maximum (first on ties)
 };
 
 /// \brief output = the maximum of each window. **Overwrites** output (N × (C·Ho·Wo)).
+/// \param cache filled with the argmax of every window; unchanged when an argument check throws,
+///        marked incomplete (backward throws std::logic_error) when a later step throws
+/// \throws std::invalid_argument on a bad geometry or shape (sizes overflowing Index or the int32
+///         argmax included), std::domain_error on NaN/Inf in the input
 template <class Scalar>
 void max_pool2d_forward(const detail::ConstMatrix<Scalar>& input, const Pool2dGeometry& geometry,
                         MaxPool2dCache<Scalar>& cache, detail::OutMatrix<Scalar> output) {
@@ -553,9 +647,10 @@ void max_pool2d_forward(const detail::ConstMatrix<Scalar>& input, const Pool2dGe
   const Pool2dGeometry& g = geometry;
   check(input.cols() == g.input_size(), kWhere, "input has ", input.cols(),
         " columns per sample, expected channels * in_height * in_width = ", g.input_size());
-  check(g.input_size() <= std::numeric_limits<std::int32_t>::max(), kWhere, "input too large");
   detail::check_shape(output, input.rows(), g.output_size(), kWhere, "output");
   detail::check_finite(input, kWhere, "input");
+  // Every check has passed: from here on the cache is incomplete until the pass finishes.
+  cache.complete = false;
   cache.geometry = g;
   if (cache.argmax.rows() != input.rows() || cache.argmax.cols() != g.output_size()) {
     cache.argmax.resize(input.rows(), g.output_size());
@@ -590,14 +685,18 @@ void max_pool2d_forward(const detail::ConstMatrix<Scalar>& input, const Pool2dGe
       }
     }
   });
+  cache.complete = true;
 }
 
 /// \brief Routes each output gradient to its window's maximum. **Overwrites** grad_input.
+/// \throws std::logic_error when the cache holds no completed forward pass; std::invalid_argument
+///         / std::domain_error on a bad shape or NaN/Inf in grad_output, before anything is written
 template <class Scalar>
 void max_pool2d_backward(const detail::ConstMatrix<Scalar>& grad_output,
                          const MaxPool2dCache<Scalar>& cache,
                          detail::OutMatrix<Scalar> grad_input) {
   constexpr const char* kWhere = "nn::max_pool2d_backward";
+  detail::require_complete_forward(cache.complete, kWhere, "nn::max_pool2d_forward");
   const Pool2dGeometry& g = cache.geometry;
   detail::check_shape(grad_output, cache.argmax.rows(), cache.argmax.cols(), kWhere, "grad_output");
   detail::check_shape(grad_input, cache.argmax.rows(), g.input_size(), kWhere, "grad_input");
@@ -617,20 +716,36 @@ void max_pool2d_backward(const detail::ConstMatrix<Scalar>& grad_output,
 /// \brief What batch_norm2d_backward needs: per-channel statistics and the normalised input.
 template <class Scalar = float>
 struct BatchNorm2dCache {
+  /// True once batch_norm2d_forward has completed into this cache; false when default-constructed
+  /// or when the last forward threw after it started filling the cache (batch_norm2d_backward
+  /// then throws std::logic_error).
+  bool complete = false;
   Index channels = 0;            ///< C
   Index spatial = 0;             ///< H·W
   bool batch_statistics = true;  ///< normalised with batch (true) or running (false) statistics
   Vector<Scalar> mean;           ///< per channel: the mean used
   Vector<Scalar> inv_std;        ///< per channel: 1/√(var + eps)
   Matrix<Scalar> normalized;     ///< x̂ = (x − mean)·inv_std, N × (C·H·W)
+  Vector<double> squared_deviations;  ///< workspace: per channel Σ(x − mean)² of the batch
 };
 
 /// \brief Batch normalisation over N·H·W per channel (full precision, as in the paper):
 /// y = γ·(x − μ)/√(σ² + ε) + β. With batch_statistics, μ and σ² (biased) come from the batch and,
 /// if update_running, running_mean/running_var (unbiased variance) move by `momentum` toward them;
 /// otherwise the running statistics are used. **Overwrites** output.
+///
+/// Every check runs before anything is written: on a throw the running statistics are unchanged,
+/// and the cache is unchanged (a bad argument) or marked incomplete (batch statistics that
+/// overflow the Scalar), so that batch_norm2d_backward throws std::logic_error.
 /// \param input N × (C·H·W)
 /// \param channels C (the number of columns must be a multiple of it)
+/// \param gamma, beta per-channel scale and shift, size C, finite
+/// \param running_mean, running_var size C, finite, running_var ≥ 0 (read when normalising with
+///        them or updating them)
+/// \param momentum in [0, 1]
+/// \param eps finite and > 0
+/// \throws std::invalid_argument on a bad size or hyper-parameter, std::domain_error on NaN/Inf in
+///         the input, gamma, beta or the running statistics, or batch statistics that overflow
 template <class Scalar>
 void batch_norm2d_forward(const detail::ConstMatrix<Scalar>& input, Index channels,
                           const detail::ConstVector<Scalar>& gamma,
@@ -648,23 +763,37 @@ void batch_norm2d_forward(const detail::ConstMatrix<Scalar>& input, Index channe
         kWhere, "gamma, beta, running_mean and running_var must have size channels = ", channels,
         ", got ", gamma.size(), ", ", beta.size(), ", ", running_mean.size(), ", ",
         running_var.size());
-  check(eps > 0 && momentum >= 0 && momentum <= 1, kWhere,
-        "need eps > 0 and momentum in [0, 1], got eps ", eps, ", momentum ", momentum);
+  check(std::isfinite(eps) && eps > 0 && momentum >= 0 && momentum <= 1, kWhere,
+        "need a finite eps > 0 and momentum in [0, 1], got eps ", eps, ", momentum ", momentum);
   const Index n = input.rows(), spatial = input.cols() / channels, count = n * spatial;
   check(!batch_statistics || count > 1, kWhere,
         "batch statistics need more than one value per channel, got N * H * W = ", count);
   detail::check_shape(output, n, input.cols(), kWhere, "output");
   detail::check_finite(input, kWhere, "input");
+  detail::check_finite(gamma, kWhere, "gamma");
+  detail::check_finite(beta, kWhere, "beta");
+  const bool reads_running = !batch_statistics || update_running;
+  if (reads_running) {
+    detail::check_finite(running_mean, kWhere, "running_mean");
+    detail::check_finite(running_var, kWhere, "running_var");
+    for (Index c = 0; c < channels; ++c) {
+      check(running_var(c) >= 0, kWhere, "running_var element ", c, " is ", running_var(c),
+            "; a variance must be >= 0");
+    }
+  }
 
+  // Every argument check has passed: from here on the cache is incomplete until the pass ends.
+  cache.complete = false;
   cache.channels = channels;
   cache.spatial = spatial;
   cache.batch_statistics = batch_statistics;
   cache.mean.resize(channels);
   cache.inv_std.resize(channels);
+  cache.squared_deviations.resize(channels);
   detail::ensure_shape(cache.normalized, n, input.cols());
-  parallel_for(channels, count, [&](Index c) {
-    Scalar mean, var;
-    if (batch_statistics) {
+  // Pass 1, batch statistics only: the mean (into cache.mean) and Σ(x − mean)² per channel.
+  if (batch_statistics) {
+    parallel_for(channels, count, [&](Index c) {
       double sum = 0;
       for (Index s = 0; s < n; ++s)
         sum += input.row(s).segment(c * spatial, spatial).template cast<double>().sum();
@@ -675,7 +804,25 @@ void batch_norm2d_forward(const detail::ConstMatrix<Scalar>& input, Index channe
                   .square()
                   .sum();
       }
-      mean = static_cast<Scalar>(m);
+      cache.mean(c) = static_cast<Scalar>(m);
+      cache.squared_deviations(c) = sq;
+    });
+    // Finite inputs near the largest Scalar can still give an infinite mean or variance, which
+    // would turn the output into NaN: refuse them before anything (running statistics) changes.
+    for (Index c = 0; c < channels; ++c) {
+      const double sq = cache.squared_deviations(c);
+      check_domain(std::isfinite(cache.mean(c)) &&
+                       std::isfinite(static_cast<Scalar>(sq / static_cast<double>(count - 1))),
+                   kWhere, "the batch statistics of channel ", c, " overflow (mean ", cache.mean(c),
+                   ", sum of squared deviations ", sq, ")");
+    }
+  }
+  // Pass 2: running statistics, normalisation and output.
+  parallel_for(channels, count, [&](Index c) {
+    Scalar mean, var;
+    if (batch_statistics) {
+      const double sq = cache.squared_deviations(c);
+      mean = cache.mean(c);
       var = static_cast<Scalar>(sq / static_cast<double>(count));
       if (update_running) {
         running_mean(c) = (1 - momentum) * running_mean(c) + momentum * mean;
@@ -695,11 +842,15 @@ void batch_norm2d_forward(const detail::ConstMatrix<Scalar>& input, Index channe
       output.row(s).segment(c * spatial, spatial) = (xhat.array() * gamma(c) + beta(c)).matrix();
     }
   });
+  cache.complete = true;
 }
 
 /// \brief Backward of batch_norm2d_forward. **Overwrites** grad_input; **accumulates**
 /// grad_gamma and grad_beta (each may have size 0: not computed). With batch statistics:
 /// ∂x = γ·inv_std/M·(M·∂y − Σ∂y − x̂·Σ(∂y·x̂)), M = N·H·W; with running statistics ∂x = γ·inv_std·∂y.
+/// \throws std::logic_error when the cache holds no completed forward pass; std::invalid_argument
+///         / std::domain_error on a bad size or NaN/Inf in grad_output or gamma, before anything
+///         is written
 template <class Scalar>
 void batch_norm2d_backward(const detail::ConstMatrix<Scalar>& grad_output,
                            const detail::ConstVector<Scalar>& gamma,
@@ -708,6 +859,7 @@ void batch_norm2d_backward(const detail::ConstMatrix<Scalar>& grad_output,
                            detail::OutVector<Scalar> grad_gamma,
                            detail::OutVector<Scalar> grad_beta) {
   constexpr const char* kWhere = "nn::batch_norm2d_backward";
+  detail::require_complete_forward(cache.complete, kWhere, "nn::batch_norm2d_forward");
   const Index n = cache.normalized.rows(), c_count = cache.channels, spatial = cache.spatial;
   detail::check_shape(grad_output, n, cache.normalized.cols(), kWhere, "grad_output");
   if (grad_input.size() > 0)
@@ -718,6 +870,7 @@ void batch_norm2d_backward(const detail::ConstMatrix<Scalar>& grad_output,
   check(grad_beta.size() == 0 || grad_beta.size() == c_count, kWhere, "grad_beta has size ",
         grad_beta.size(), ", expected ", c_count, " (or 0)");
   detail::check_finite(grad_output, kWhere, "grad_output");
+  detail::check_finite(gamma, kWhere, "gamma");
   const double count = static_cast<double>(n * spatial);
   parallel_for(c_count, n * spatial, [&](Index c) {
     double sum_dy = 0, sum_dy_xhat = 0;

@@ -124,9 +124,10 @@ class Linear : public Module<Scalar> {
   Linear(Index in_features, Index out_features, const Philox& init, bool bias = true)
       : in_(in_features), out_(out_features) {
     check(in_features > 0 && out_features > 0, "nn::Linear",
-          "in_features and out_features must be "
-          "positive, got ",
-          in_features, " and ", out_features);
+          "in_features and out_features must be positive, got ", in_features, " and ",
+          out_features);
+    detail::checked_product("nn::Linear", "out_features * in_features",
+                            {out_features, in_features});
     weight_ = Variable<Scalar>(Matrix<Scalar>(out_, in_), true);
     if (bias) bias_ = Variable<Scalar>(Matrix<Scalar>(out_, 1), true);
     reset_parameters(init);
@@ -175,7 +176,11 @@ class Conv2d : public Module<Scalar> {
     check(in_channels > 0 && out_channels > 0 && kernel > 0 && stride > 0 && padding >= 0,
           "nn::Conv2d", "need positive channels, kernel and stride and padding >= 0, got ",
           in_channels, ", ", out_channels, ", ", kernel, ", ", stride, ", ", padding);
-    weight_ = Variable<Scalar>(Matrix<Scalar>(out_channels, in_channels * kernel * kernel), true);
+    const Index patch = detail::checked_product("nn::Conv2d", "in_channels * kernel * kernel",
+                                                {in_channels, kernel, kernel});
+    detail::checked_product("nn::Conv2d", "out_channels * in_channels * kernel * kernel",
+                            {out_channels, patch});
+    weight_ = Variable<Scalar>(Matrix<Scalar>(out_channels, patch), true);
     if (bias) bias_ = Variable<Scalar>(Matrix<Scalar>(out_channels, 1), true);
     reset_parameters(init);
   }
@@ -227,8 +232,13 @@ template <class Scalar = float>
 class MaxPool2d : public Module<Scalar> {
  public:
   /// \param stride 0 means stride = kernel
+  /// \throws std::invalid_argument unless kernel > 0, stride ≥ 0 and 0 ≤ padding ≤ kernel/2
   explicit MaxPool2d(Index kernel, Index stride = 0, Index padding = 0)
-      : kernel_(kernel), stride_(stride), padding_(padding) {}
+      : kernel_(kernel), stride_(stride), padding_(padding) {
+    check(kernel > 0 && stride >= 0 && padding >= 0 && padding <= kernel / 2, "nn::MaxPool2d",
+          "need kernel > 0, stride >= 0 (0: the kernel) and padding in [0, kernel/2], got kernel ",
+          kernel, ", stride ", stride, ", padding ", padding);
+  }
   Variable<Scalar> forward(Tape<Scalar>& tape, const Variable<Scalar>& input,
                            const Context&) override {
     return max_pool2d(tape, input, kernel_, stride_, padding_);
@@ -254,9 +264,13 @@ class Flatten : public Module<Scalar> {
 template <class Scalar = float>
 class BatchNorm2d : public Module<Scalar> {
  public:
+  /// \throws std::invalid_argument unless channels > 0, momentum ∈ [0, 1] and eps is finite and
+  /// > 0
   explicit BatchNorm2d(Index channels, Scalar momentum = Scalar(0.1), Scalar eps = Scalar(1e-5))
       : channels_(channels), momentum_(momentum), eps_(eps) {
     check(channels > 0, "nn::BatchNorm2d", "channels must be positive, got ", channels);
+    check(momentum >= 0 && momentum <= 1 && std::isfinite(eps) && eps > 0, "nn::BatchNorm2d",
+          "need momentum in [0, 1] and a finite eps > 0, got momentum ", momentum, ", eps ", eps);
     gamma_ = Variable<Scalar>(Matrix<Scalar>::Ones(channels, 1), true);
     beta_ = Variable<Scalar>(Matrix<Scalar>::Zero(channels, 1), true);
     running_mean_ = Vector<Scalar>::Zero(channels);
