@@ -33,10 +33,23 @@ TEST_CASE("Softmax cross-entropy is stable for large logits and checks its label
   const float loss = nn::softmax_cross_entropy(z, std::vector<int>{0, 2}, g);
   CHECK(std::isfinite(loss));
   CHECK(loss == Approx(std::log(3.0f) / 2));
-  CHECK(g.allFinite());
+  // (softmax − onehot)/N: softmax is (1, 0, 0) in float for the first row, uniform for the second.
+  Matrix<float> expected(2, 3);
+  expected << 0.f, 0.f, 0.f, 1.f / 6, 1.f / 6, -1.f / 3;
+  CHECK(nn_test::relative_error(g, expected) < 1e-6);
   CHECK_THROWS_WITH(nn::softmax_cross_entropy(z, std::vector<int>{0, 3}, g),
                     Contains("labels[1] = 3") && Contains("[0, 3)"));
   CHECK_THROWS_WITH(nn::softmax_cross_entropy(z, std::vector<int>{0}, g),
                     Contains("labels has size 1"));
   CHECK(nn::count_correct(z, std::vector<int>{0, 1}) == 1);
+}
+
+TEST_CASE("Softmax cross-entropy of an empty batch is an error, not a NaN", "[nn][loss][errors]") {
+  Matrix<float> z(0, 3), g(0, 3);
+  CHECK_THROWS_WITH(nn::softmax_cross_entropy(z, std::vector<int>{}, g),
+                    Contains("nn::softmax_cross_entropy") && Contains("empty"));
+  Matrix<float> nan_logits = Matrix<float>::Zero(2, 3);
+  nan_logits(1, 2) = std::numeric_limits<float>::quiet_NaN();
+  CHECK_THROWS_WITH(nn::count_correct(nan_logits, std::vector<int>{0, 2}),
+                    Contains("nn::count_correct") && Contains("(1, 2)"));
 }

@@ -115,3 +115,28 @@ TEST_CASE("Step and cosine schedules with linear warm-up", "[nn][optim][schedule
   CHECK(floor(10) == Approx(0.1));
   CHECK_THROWS_WITH(nn::CosineSchedule(0.1, 5, 5), Contains("must exceed warmup_steps"));
 }
+
+TEST_CASE("SGD refuses a parameter resized under its momentum buffer and changes nothing",
+          "[nn][optim][errors]") {
+  auto p = parameter(1.0, 1.0);
+  auto other = parameter(2.0, 1.0);
+  nn::SGD<double> sgd({other, p}, {0.1, 0.9, false, 0.0});
+  sgd.step();  // the momentum buffers are 1 x 1 now
+  p.variable.value() = Matrix<double>::Ones(2, 2);
+  p.variable.grad() = Matrix<double>::Ones(2, 2);
+  const double other_before = other.variable.value()(0, 0);
+  CHECK_THROWS_WITH(sgd.step(), Contains("nn::SGD::step") && Contains("momentum buffer") &&
+                                    Contains("must be 2 x 2, got 1 x 1"));
+  CHECK(other.variable.value()(0, 0) == other_before);
+  CHECK(p.variable.value() == Matrix<double>::Ones(2, 2));
+}
+
+TEST_CASE("SGD and the schedules reject infinite hyper-parameters", "[nn][optim][errors]") {
+  const double inf = std::numeric_limits<double>::infinity();
+  CHECK_THROWS_WITH(nn::SGD<double>({}, {0.1, 0.0, false, inf}), Contains("weight_decay"));
+  CHECK_THROWS_AS(nn::StepSchedule(inf, {10}), std::invalid_argument);
+  CHECK_THROWS_AS(nn::StepSchedule(0.1, {10}, inf), std::invalid_argument);
+  CHECK_THROWS_AS(nn::CosineSchedule(inf, 10), std::invalid_argument);
+  CHECK_THROWS_AS(nn::CosineSchedule(0.1, 10, 0, inf), std::invalid_argument);
+  CHECK_THROWS_AS(nn::CosineSchedule(std::nan(""), 10), std::invalid_argument);
+}

@@ -37,6 +37,8 @@ void check_labels(const Eigen::MatrixBase<Derived>& logits, const std::vector<in
 /// \param grad_logits N × K: **overwritten** with ∂loss/∂logits (size 0: not computed)
 /// \param label_smoothing ε in [0, 1)
 /// \return the mean loss
+/// \throws std::invalid_argument on an empty batch (the mean of nothing), a label outside [0, K)
+///         or a bad shape; std::domain_error on NaN/Inf in the logits
 template <class In, class Out>
 typename In::Scalar softmax_cross_entropy(const Eigen::MatrixBase<In>& logits,
                                           const std::vector<int>& labels,
@@ -45,6 +47,8 @@ typename In::Scalar softmax_cross_entropy(const Eigen::MatrixBase<In>& logits,
   using Scalar = typename In::Scalar;
   constexpr const char* kWhere = "nn::softmax_cross_entropy";
   detail::check_labels(logits, labels, kWhere);
+  check(logits.rows() > 0, kWhere,
+        "the batch is empty (logits has 0 rows): its mean loss is undefined");
   check(label_smoothing >= 0 && label_smoothing < 1, kWhere,
         "label_smoothing must be in [0, 1), got ", label_smoothing);
   if (grad_logits.size() > 0) {
@@ -90,9 +94,12 @@ Variable<Scalar> softmax_cross_entropy(Tape<Scalar>& tape, const Variable<Scalar
 }
 
 /// \brief Number of rows whose largest logit (first on ties) is at the label's index.
+/// \throws std::invalid_argument on a label outside [0, K) or a size mismatch, std::domain_error
+///         on NaN/Inf in the logits (whose maximum would be meaningless)
 template <class In>
 Index count_correct(const Eigen::MatrixBase<In>& logits, const std::vector<int>& labels) {
   detail::check_labels(logits, labels, "nn::count_correct");
+  detail::check_finite(logits, "nn::count_correct", "logits");
   Index correct = 0;
   for (Index i = 0; i < logits.rows(); ++i) {
     Index arg;

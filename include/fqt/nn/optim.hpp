@@ -36,8 +36,8 @@ class SGD {
     constexpr const char* kWhere = "nn::SGD";
     check(options.momentum >= 0 && options.momentum < 1, kWhere, "momentum must be in [0, 1), got ",
           options.momentum);
-    check(options.weight_decay >= 0, kWhere, "weight_decay must be >= 0, got ",
-          options.weight_decay);
+    check(std::isfinite(options.weight_decay) && options.weight_decay >= 0, kWhere,
+          "weight_decay must be finite and >= 0, got ", options.weight_decay);
     check(!options.nesterov || options.momentum > 0, kWhere, "nesterov needs momentum > 0");
     set_learning_rate(options.learning_rate);
     velocity_.resize(parameters_.size());
@@ -50,14 +50,21 @@ class SGD {
 
   /// \brief One update from the accumulated gradients (parameters without a gradient are skipped).
   /// All or nothing: on a NaN or ±Inf gradient, or an update that would overflow a weight or a
-  /// momentum buffer, it throws std::domain_error naming the parameter and the element, and no
-  /// parameter or buffer is changed.
+  /// momentum buffer, it throws std::domain_error naming the parameter and the element; on a
+  /// gradient or momentum buffer whose shape no longer matches its parameter (the value was
+  /// resized), std::invalid_argument. In every case no parameter or buffer is changed.
   void step() {
     constexpr const char* kWhere = "nn::SGD::step";
-    for (const auto& p : parameters_) {
+    for (std::size_t i = 0; i < parameters_.size(); ++i) {
+      const auto& p = parameters_[i];
       if (p.variable.has_grad()) {
         detail::check_shape(p.variable.grad(), p.variable.value().rows(), p.variable.value().cols(),
                             kWhere, "a gradient");
+        if (options_.momentum != 0 && velocity_[i].size() > 0) {
+          const std::string what = "the momentum buffer of parameter '" + p.name + "'";
+          detail::check_shape(velocity_[i], p.variable.value().rows(), p.variable.value().cols(),
+                              kWhere, what.c_str());
+        }
         const std::string what = "gradient of parameter '" + p.name + "'";
         detail::check_finite(p.variable.grad(), kWhere, what.c_str());
       }
@@ -134,8 +141,9 @@ class StepSchedule {
   StepSchedule(double base_lr, std::vector<std::uint64_t> milestones, double gamma = 0.1,
                std::uint64_t warmup_steps = 0)
       : base_(base_lr), milestones_(std::move(milestones)), gamma_(gamma), warmup_(warmup_steps) {
-    check(base_lr >= 0 && gamma > 0, "nn::StepSchedule", "need base_lr >= 0 and gamma > 0, got ",
-          base_lr, " and ", gamma);
+    check(std::isfinite(base_lr) && base_lr >= 0 && std::isfinite(gamma) && gamma > 0,
+          "nn::StepSchedule", "need a finite base_lr >= 0 and a finite gamma > 0, got ", base_lr,
+          " and ", gamma);
     std::sort(milestones_.begin(), milestones_.end());
   }
   /// \brief The learning rate of `step` (0-based).
@@ -160,8 +168,9 @@ class CosineSchedule {
   CosineSchedule(double base_lr, std::uint64_t total_steps, std::uint64_t warmup_steps = 0,
                  double final_lr = 0)
       : base_(base_lr), final_(final_lr), total_(total_steps), warmup_(warmup_steps) {
-    check(base_lr >= 0 && final_lr >= 0, "nn::CosineSchedule", "learning rates must be >= 0, got ",
-          base_lr, " and ", final_lr);
+    check(std::isfinite(base_lr) && base_lr >= 0 && std::isfinite(final_lr) && final_lr >= 0,
+          "nn::CosineSchedule", "learning rates must be finite and >= 0, got ", base_lr, " and ",
+          final_lr);
     check(total_steps > warmup_steps, "nn::CosineSchedule", "total_steps (", total_steps,
           ") must exceed warmup_steps (", warmup_steps, ")");
   }
