@@ -10,7 +10,10 @@
 /// - the sampling variance of the QAT gradient over M further batches, Σ_m ‖g_m − ḡ‖²/(M − 1);
 /// - Theorem 1 z-scores: z_j = (mean_j − g_j)/(s_j/√K) per element with sample deviation s_j > 0,
 ///   and the tensor's bias in standard errors ‖mean − g‖/√(Σ_j s_j²/K), about 1 for an unbiased
-///   estimator and infinite for a deterministic (round-to-nearest) one that misses g.
+///   estimator and infinite for a deterministic (round-to-nearest) one that misses g;
+/// - the Monte-Carlo standard error of the quantization variance, from the per-pass squared
+///   errors e_k = ‖ĝ_k − g‖² (see quantization_variance_standard_error), so that a test can derive
+///   its band from the statistics instead of tuning it.
 /// By Theorem 2 the FQT gradient's total variance is the sampling variance plus the quantization
 /// variance; FQT trains like QAT while the second is small next to the first.
 
@@ -48,6 +51,30 @@ struct ProfileOptions {
   std::uint64_t step = 0;      ///< the step index given to the layers' streams
 };
 
+namespace detail {
+
+/// \brief Standard error of the unbiased variance estimate V̂ = Σ_k ‖y_k − ȳ‖²/(K − 1) of K
+/// independent vector draws y_k, given e_k = ‖y_k − μ‖² (μ the true mean; here the QAT gradient,
+/// which Theorem 1 makes the mean). For independent draws
+/// Var[V̂] = Var[e]/K + 2·tr(Σ²)/(K(K − 1)), Σ the covariance of y; with tr(Σ²) ≤ (tr Σ)² = V²
+/// this returns √(s_e²/K + 2·V̂²/(K(K − 1))), s_e² the sample variance of the e_k — an
+/// estimate that errs on the large side. 0 for K < 2.
+inline double variance_standard_error(const std::vector<double>& squared_errors, double variance) {
+  const std::size_t k_count = squared_errors.size();
+  if (k_count < 2) return 0;
+  const double k = static_cast<double>(k_count);
+  double mean = 0, m2 = 0;
+  for (std::size_t i = 0; i < k_count; ++i) {
+    const double delta = squared_errors[i] - mean;
+    mean += delta / static_cast<double>(i + 1);
+    m2 += delta * (squared_errors[i] - mean);
+  }
+  const double sample_variance = m2 / (k - 1);
+  return std::sqrt(sample_variance / k + 2 * variance * variance / (k * (k - 1)));
+}
+
+}  // namespace detail
+
 /// \brief The profile of one parameter tensor (all statistics in double).
 struct TensorProfile {
   std::string name;                  ///< parameter name, e.g. "0.weight"
@@ -62,6 +89,13 @@ struct TensorProfile {
   double max_abs_z = 0;       ///< max_j |mean_j − g_j|/(s_j/√K) over elements with s_j > 0
   double mean_z_squared = 0;  ///< mean of z_j² over those elements (≈ 1 if unbiased)
   Index noisy_elements = 0;   ///< elements with s_j > 0
+  /// Per FQT pass k: e_k = ‖ĝ_k − g‖², g the QAT gradient. For an unbiased estimator (Theorem 1)
+  /// the e_k are independent draws whose mean is the quantization variance.
+  std::vector<double> squared_errors;
+  /// Monte-Carlo standard error of quantization_variance: √(s_e²/K + 2·V²/(K(K − 1))), s_e² the
+  /// sample variance of the e_k and V the quantization variance (see
+  /// detail::variance_standard_error).
+  double quantization_variance_standard_error = 0;
 
   /// \brief quantization_variance / sampling_variance (∞ when the latter is 0).
   double variance_ratio() const {
@@ -85,6 +119,17 @@ struct GradientProfile {
     double v = 0;
     for (const auto& t : tensors) v += t.quantization_variance;
     return v;
+  }
+  /// \brief Monte-Carlo standard error of quantization_variance(), from the per-pass sums of the
+  /// tensors' squared errors (so the covariance between tensors is accounted for).
+  double quantization_variance_standard_error() const {
+    if (tensors.empty()) return 0;
+    std::vector<double> total(tensors.front().squared_errors.size(), 0.0);
+    for (const auto& t : tensors) {
+      for (std::size_t k = 0; k < total.size() && k < t.squared_errors.size(); ++k)
+        total[k] += t.squared_errors[k];
+    }
+    return detail::variance_standard_error(total, quantization_variance());
   }
   /// \brief Σ over tensors of the sampling variance.
   double sampling_variance() const {
@@ -188,6 +233,7 @@ GradientProfile profile_gradients(nn::Module<Scalar>& model, const Batch<Scalar>
     profile.tensors[i].qat_gradient = qat[i];
     profile.tensors[i].fqt_mean = Matrix<double>::Zero(qat[i].rows(), qat[i].cols());
     profile.tensors[i].fqt_variance = Matrix<double>::Zero(qat[i].rows(), qat[i].cols());
+    profile.tensors[i].squared_errors.reserve(static_cast<std::size_t>(options.fqt_passes));
   }
 
   // Welford's running mean and sum of squared deviations of the K FQT gradients.
@@ -199,6 +245,7 @@ GradientProfile profile_gradients(nn::Module<Scalar>& model, const Batch<Scalar>
         detail::parameter_gradients(model, params, batch, context, options.label_smoothing);
     for (std::size_t i = 0; i < params.size(); ++i) {
       auto& t = profile.tensors[i];
+      t.squared_errors.push_back((g[i] - t.qat_gradient).squaredNorm());
       const Matrix<double> delta = g[i] - t.fqt_mean;
       t.fqt_mean += delta / static_cast<double>(k + 1);
       t.fqt_variance += delta.cwiseProduct(g[i] - t.fqt_mean);
@@ -208,6 +255,8 @@ GradientProfile profile_gradients(nn::Module<Scalar>& model, const Batch<Scalar>
   for (auto& t : profile.tensors) {
     t.fqt_variance /= k_count - 1;
     t.quantization_variance = t.fqt_variance.sum();
+    t.quantization_variance_standard_error =
+        detail::variance_standard_error(t.squared_errors, t.quantization_variance);
     const Matrix<double> bias = t.fqt_mean - t.qat_gradient;
     t.bias_norm = bias.norm();
     t.bias_standard_error = std::sqrt(t.quantization_variance / k_count);
