@@ -275,3 +275,52 @@ TEST_CASE("inputs bind without a copy to maps, blocks and strided views", "[quan
   q.fake_quantize(copy, Philox(5), out_wide.block(0, 2, 6, 10));
   REQUIRE(out_wide.block(0, 2, 6, 10) == q(copy, Philox(5)));
 }
+
+TEMPLATE_TEST_CASE("the per-channel quantizer shares one grid per block of columns",
+                   "[quant][per_channel]", float, double) {
+  const Index channels = 5, width = 12;
+  const Matrix<TestType> x = fqt_test::sparse<TestType>(7, channels * width, 0.3, 4);
+  const int bits = GENERATE(2, 4, 8);
+  const Grid grid = GENERATE(Grid::Free, Grid::ZeroAligned);
+  const fqt::PerChannelQuantizer<TestType> q(bits, grid, channels);
+  CAPTURE(bits, grid == Grid::Free);
+  const auto r = q.quantize(x, Philox(6, 2));
+  REQUIRE(r.granularity == fqt::Granularity::PerChannel);
+  REQUIRE(r.scale.size() == channels);
+  for (Index k = 0; k < channels; ++k) {
+    // Channel k's grid is the per-tensor grid of its block of columns.
+    const Matrix<TestType> block = x.middleCols(k * width, width);
+    const auto m = fqt::PerTensorQuantizer<TestType>(bits, grid).maps(block);
+    CHECK(r.scale(k) == m.scale(0));
+    CHECK(r.zero_point(k) == m.zero_point(0));
+  }
+  // The codes' values are the fake quantization, and a value on the grid (an exact zero on the
+  // zero-aligned grid) comes back exactly.
+  const Matrix<TestType> values = r.dequantize();
+  REQUIRE(values == q(x, Philox(6, 2)));
+  if (grid == Grid::ZeroAligned) {
+    for (Index k = 0; k < x.size(); ++k)
+      if (x.data()[k] == 0) REQUIRE(values.data()[k] == 0);
+  }
+  // Unbiased, with the exact variance.
+  const auto m = fqt_test::moments(q, x, 400, 9);
+  fqt_test::require_unbiased(m, q.element_variance(x), x, largest_step(q, x));
+  REQUIRE_THAT(q.element_variance(x).sum(),
+               Catch::Matchers::WithinRel(static_cast<double>(q.expected_variance(x)), 1e-6));
+  REQUIRE(std::abs(m.mse - static_cast<double>(q.expected_variance(x))) <= 6 * m.mse_se);
+  REQUIRE(q.variance_bound(x) >= q.expected_variance(x));
+}
+
+TEST_CASE("one channel is the per-tensor quantizer, bit for bit; bad channel counts throw",
+          "[quant][per_channel]") {
+  const Matrix<float> x = fqt_test::sparse<float>(6, 40, 0.2, 3);
+  const fqt::PerChannelQuantizer<float> one(4, Grid::ZeroAligned, 1);
+  const fqt::PerTensorQuantizer<float> ptq(4, Grid::ZeroAligned);
+  CHECK(one.quantize(x, Philox(2)).codes == ptq.quantize(x, Philox(2)).codes);
+  CHECK(one(x, Philox(2)) == ptq(x, Philox(2)));
+  CHECK_THROWS_AS(fqt::PerChannelQuantizer<float>(4, Grid::Free, 0), std::invalid_argument);
+  CHECK_THROWS_AS(fqt::PerSampleQuantizer<float>(4, Grid::Free, 3), std::invalid_argument);
+  CHECK_THROWS_WITH(fqt::PerChannelQuantizer<float>(4, Grid::Free, 3).quantize(x, Philox(1)),
+                    "PerChannelQuantizer: the input has 40 columns, not a multiple of the 3 "
+                    "channels");
+}

@@ -70,8 +70,14 @@ class AffineQuantizer {
 
   /// \param bits 1 ≤ bits ≤ 8·sizeof(Code)
   /// \param grid where the grid sits (ZeroAligned keeps exact zeros exact)
-  explicit AffineQuantizer(int bits, Grid grid = Grid::ZeroAligned) : bits_(bits), grid_(grid) {
+  /// \param channels PerChannel only: the number K of column blocks (the inputs' columns must be a
+  ///        multiple of K); 1 for the other granularities
+  explicit AffineQuantizer(int bits, Grid grid = Grid::ZeroAligned, Index channels = 1)
+      : bits_(bits), grid_(grid), channels_(channels) {
     detail::check_bits<Scalar>(bits, 8 * static_cast<int>(sizeof(Code)), name());
+    check(kGranularity == Granularity::PerChannel ? channels >= 1 : channels == 1, name(),
+          "channels must be ", kGranularity == Granularity::PerChannel ? ">= 1" : "1", ", got ",
+          channels);
   }
 
   /// The quantizer's name, used in error messages.
@@ -81,6 +87,8 @@ class AffineQuantizer {
         return "PerTensorQuantizer";
       case Granularity::PerRow:
         return "PerSampleQuantizer";
+      case Granularity::PerChannel:
+        return "PerChannelQuantizer";
       default:
         return "PerColumnQuantizer";
     }
@@ -90,19 +98,41 @@ class AffineQuantizer {
   Grid grid() const { return grid_; }
   /// B = 2^bits − 1, the largest code.
   int max_code() const { return detail::max_code(bits_); }
+  /// The number of column blocks that share a map (PerChannel), 1 otherwise.
+  Index channels() const { return channels_; }
 
   /// \brief The affine maps this quantizer picks for x (checks x for NaN/Inf).
   detail::AffineMaps<Scalar> maps(const MatrixCRef<Scalar>& x) const {
     const Index n = x.rows(), d = x.cols();
     detail::AffineMaps<Scalar> maps;
+    if constexpr (kGranularity == Granularity::PerChannel) {
+      check(d % channels_ == 0, name(), "the input has ", d, " columns, not a multiple of the ",
+            channels_, " channels");
+    }
     if (n == 0 || d == 0) {
-      maps.resize(kGranularity == Granularity::PerTensor
-                      ? 1
-                      : (kGranularity == Granularity::PerRow ? n : d));
+      maps.resize(kGranularity == Granularity::PerTensor    ? 1
+                  : kGranularity == Granularity::PerRow     ? n
+                  : kGranularity == Granularity::PerChannel ? channels_
+                                                            : d);
       for (Index i = 0; i < maps.scale.size(); ++i) maps.set(i, AffineMap<Scalar>{});
       return maps;
     }
-    if constexpr (kGranularity == Granularity::PerColumn) {
+    if constexpr (kGranularity == Granularity::PerChannel) {
+      const Index width = d / channels_;
+      maps.resize(channels_);
+      parallel_for(channels_, n * width, [&](Index k) {
+        Scalar lo = std::numeric_limits<Scalar>::infinity(), hi = -lo;
+        for (Index i = 0; i < n; ++i) {
+          Scalar l, h;
+          if (!detail::min_max(x.row(i).data() + k * width, width, l, h))
+            detail::throw_non_finite<Scalar>(x, name());
+          lo = std::min(lo, l);
+          hi = std::max(hi, h);
+        }
+        if (!std::isfinite(hi - lo)) detail::throw_non_finite<Scalar>(x, name());
+        maps.set(k, detail::choose_grid(lo, hi, max_code(), grid_, name()));
+      });
+    } else if constexpr (kGranularity == Granularity::PerColumn) {
       Eigen::Array<Scalar, 1, Eigen::Dynamic> lo, hi;
       lo.setConstant(d, std::numeric_limits<Scalar>::infinity());
       hi.setConstant(d, -std::numeric_limits<Scalar>::infinity());
@@ -189,9 +219,12 @@ class AffineQuantizer {
       const auto m = maps(x);
       Vector<double> per_row(x.rows());
       parallel_for(x.rows(), x.cols(), [&](Index i) {
-        per_row(i) = detail::row_variance<Scalar>(x.row(i).data(), x.cols(), row_map(m, i),
-                                                  col_ptr(m.inv_scale), col_ptr(m.zero_point),
-                                                  col_ptr(m.scale), max_code());
+        per_row(i) = 0;
+        for_each_segment(m, i, x.cols(), [&](Index j0, Index width, const AffineMap<Scalar>& map) {
+          per_row(i) += detail::row_variance<Scalar>(
+              x.row(i).data() + j0, width, map, col_ptr(m.inv_scale, j0), col_ptr(m.zero_point, j0),
+              col_ptr(m.scale, j0), max_code());
+        });
       });
       return detail::checked_variance<Scalar>(per_row.sum(), name());
     }
@@ -204,11 +237,13 @@ class AffineQuantizer {
     const auto m = maps(x);  // NaN and ±Inf are errors for Nearest too
     if constexpr (Rounding::is_stochastic) {
       parallel_for(x.rows(), x.cols(), [&](Index i) {
-        for (Index j = 0; j < x.cols(); ++j) {
-          out(i, j) = detail::row_variance<Scalar>(
-              x.row(i).data() + j, 1, row_map(m, i), col_ptr(m.inv_scale, j),
-              col_ptr(m.zero_point, j), col_ptr(m.scale, j), max_code());
-        }
+        for_each_segment(m, i, x.cols(), [&](Index j0, Index width, const AffineMap<Scalar>& map) {
+          for (Index j = j0; j < j0 + width; ++j) {
+            out(i, j) = detail::row_variance<Scalar>(
+                x.row(i).data() + j, 1, map, col_ptr(m.inv_scale, j), col_ptr(m.zero_point, j),
+                col_ptr(m.scale, j), max_code());
+          }
+        });
       });
       detail::checked_variance<Scalar>(out.sum(), name());
     }
@@ -221,9 +256,10 @@ class AffineQuantizer {
     const auto m = maps(x);
     const double sq = m.scale.template cast<double>().squaredNorm();
     const double n = static_cast<double>(x.rows()), d = static_cast<double>(x.cols());
-    const double per_step = kGranularity == Granularity::PerTensor ? n * d
-                            : kGranularity == Granularity::PerRow  ? d
-                                                                   : n;
+    const double per_step = kGranularity == Granularity::PerTensor    ? n * d
+                            : kGranularity == Granularity::PerRow     ? d
+                            : kGranularity == Granularity::PerChannel ? n * d / channels_
+                                                                      : n;
     return detail::checked_variance<Scalar>(per_step * sq / 4, name());
   }
 
@@ -235,6 +271,18 @@ class AffineQuantizer {
   }
   static const Scalar* col_ptr(const Vector<Scalar>& v, Index offset = 0) {
     return kGranularity == Granularity::PerColumn ? v.data() + offset : nullptr;
+  }
+  // Calls f(first column, width, map) for each stretch of row i of d columns that shares a map:
+  // the K channel blocks (PerChannel), or the whole row (the map of the row or tensor; PerColumn
+  // reads its per-column maps through col_ptr instead).
+  template <class F>
+  void for_each_segment(const detail::AffineMaps<Scalar>& m, Index i, Index d, F&& f) const {
+    if constexpr (kGranularity == Granularity::PerChannel) {
+      const Index width = d / channels_;
+      for (Index k = 0; k < channels_; ++k) f(k * width, width, m.get(k));
+    } else {
+      f(Index{0}, d, row_map(m, i));
+    }
   }
 
   // Picks the maps and rounds. Per row, both happen while the row is in cache (one pass over x
@@ -255,15 +303,18 @@ class AffineQuantizer {
         detail::row_range<Scalar>(x, i, lo, hi, name());
         m.set(i, detail::choose_grid(lo, hi, max_code(), grid_, name()));
       }
-      detail::quantize_row<Rounding, Scalar, Out>(
-          x.row(i).data(), d, static_cast<std::uint64_t>(i * d), row_map(m, i),
-          col_ptr(m.inv_scale), col_ptr(m.zero_point), col_ptr(m.scale), max_code(), rng,
-          out + i * out_stride);
+      for_each_segment(m, i, d, [&](Index j0, Index width, const AffineMap<Scalar>& map) {
+        detail::quantize_row<Rounding, Scalar, Out>(
+            x.row(i).data() + j0, width, static_cast<std::uint64_t>(i * d + j0), map,
+            col_ptr(m.inv_scale, j0), col_ptr(m.zero_point, j0), col_ptr(m.scale, j0), max_code(),
+            rng, out + i * out_stride + j0);
+      });
     });
   }
 
   int bits_;
   Grid grid_;
+  Index channels_;
 };
 
 }  // namespace fqt

@@ -30,7 +30,13 @@ enum class Grid {
 };
 
 /// \brief Which elements share one affine map.
-enum class Granularity { PerTensor, PerRow, PerColumn };
+enum class Granularity {
+  PerTensor,  ///< one map for the whole matrix
+  PerRow,     ///< one map per row (sample)
+  PerColumn,  ///< one map per column, over the rows
+  PerChannel  ///< one map per block of consecutive columns (an output channel of a conv
+              ///< gradient N × (K·Ho·Wo): K blocks of Ho·Wo columns), over the rows
+};
 
 /// \brief One affine map: y = x·inv_scale + zero_point (code units), value = (c −
 /// zero_point)·scale.

@@ -1,6 +1,7 @@
 #pragma once
 /// \file
-/// \brief PSQ, one grid per row (sample), and the per-column quantizer of the grad-weight path.
+/// \brief PSQ, one grid per row (sample), and the per-column and per-channel quantizers of the
+/// grad-weight path.
 
 #include "fqt/quant/affine.hpp"
 
@@ -17,5 +18,13 @@ using PerSampleQuantizer = AffineQuantizer<Granularity::PerRow, Scalar, Rounding
 /// only per-output-channel scales would; per-(c,h,w) columns are then a simulation).
 template <class Scalar = float, class Rounding = Stochastic, class Code = std::uint8_t>
 using PerColumnQuantizer = AffineQuantizer<Granularity::PerColumn, Scalar, Rounding, Code>;
+
+/// \brief Per-channel quantizer: one grid per block of consecutive columns, over the batch —
+/// for a conv output gradient N × (K·Ho·Wo), one grid per output channel k, constant over
+/// (n, oy, ox). These are the scales that factor out of the conv weight gradient
+/// ∇W = Σ_n G_n·columns(X̂_n)ᵀ (G_n as K × Ho·Wo), so an integer conv GEMM can run on its codes.
+/// Construct with the number of channels: PerChannelQuantizer<float>(bits, grid, K).
+template <class Scalar = float, class Rounding = Stochastic, class Code = std::uint8_t>
+using PerChannelQuantizer = AffineQuantizer<Granularity::PerChannel, Scalar, Rounding, Code>;
 
 }  // namespace fqt

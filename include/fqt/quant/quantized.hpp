@@ -14,13 +14,13 @@
 
 namespace fqt {
 
-/// \brief A quantized matrix: codes in [0, 2^bits − 1] and one affine map per tensor, row or
-/// column. The value of code c at (i, j) is (c − zero_point)·scale with the map of (i, j)
-/// (gemmlowp's convention: on a zero-aligned grid zero_point is an integer and 0 is exact). When
-/// `transform` is set (BHQ), the codes quantize T·x and the value is T⁻¹ applied to the
-/// dequantized rows; an integer GEMM Q·W may run on the codes and apply T⁻¹ to its N-row output.
-/// T is affine: T⁻¹·y = diag(s)⁻¹·H·y + c·𝟙ᵀ with c the row offsets (zero for rows whose range
-/// contains 0), so T⁻¹(Q)·W = diag(s)⁻¹·H·(Q·W) + c·(𝟙ᵀW).
+/// \brief A quantized matrix: codes in [0, 2^bits − 1] and one affine map per tensor, row,
+/// column or channel (block of cols()/scale.size() consecutive columns). The value of code c at (i,
+/// j) is (c − zero_point)·scale with the map of (i, j) (gemmlowp's convention: on a zero-aligned
+/// grid zero_point is an integer and 0 is exact). When `transform` is set (BHQ), the codes quantize
+/// T·x and the value is T⁻¹ applied to the dequantized rows; an integer GEMM Q·W may run on the
+/// codes and apply T⁻¹ to its N-row output. T is affine: T⁻¹·y = diag(s)⁻¹·H·y + c·𝟙ᵀ with c the
+/// row offsets (zero for rows whose range contains 0), so T⁻¹(Q)·W = diag(s)⁻¹·H·(Q·W) + c·(𝟙ᵀW).
 /// \tparam Scalar float or double
 /// \tparam Code an unsigned integer type wide enough for the bit width
 template <class Scalar, class Code>
@@ -30,7 +30,7 @@ struct Quantized {
 
   Matrix<Code> codes;  ///< N × D codes
   Granularity granularity = Granularity::PerTensor;
-  Vector<Scalar> scale;       ///< steps: size 1, N or D by granularity
+  Vector<Scalar> scale;       ///< steps: size 1, N, D or K by granularity
   Vector<Scalar> zero_point;  ///< zero points in code units, same size
   int bits = 8;               ///< codes lie in [0, 2^bits − 1]
   std::optional<BlockHouseholderTransform<Scalar>> transform;  ///< BHQ's T, if any
@@ -56,6 +56,14 @@ struct Quantized {
         case Granularity::PerColumn:
           out.row(i).array() = (c - zero_point.transpose().array()) * scale.transpose().array();
           break;
+        case Granularity::PerChannel: {
+          const Index width = cols() / scale.size();
+          for (Index k = 0; k < scale.size(); ++k) {
+            out.row(i).segment(k * width, width).array() =
+                (c.segment(k * width, width) - zero_point(k)) * scale(k);
+          }
+          break;
+        }
       }
     }
     if (transform) transform->apply_inverse(out);
