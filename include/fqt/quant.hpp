@@ -8,6 +8,7 @@
 #include "fqt/core/random.hpp"
 #include "fqt/quant/affine.hpp"
 #include "fqt/quant/block_householder.hpp"
+#include "fqt/quant/catalogue.hpp"
 #include "fqt/quant/grid.hpp"
 #include "fqt/quant/per_sample.hpp"
 #include "fqt/quant/per_tensor.hpp"
