@@ -871,18 +871,55 @@ TEST_CASE("An out-of-range gradient quantizer is rejected, never read from a bla
   CHECK_THROWS_WITH(nn::conv2d_forward(Matrix<float>::Ones(1, 9), Matrix<float>::Ones(1, 4),
                                        Vector<float>(), geo, bad, cc, cy),
                     Contains("nn::conv2d_forward") && Contains("grad_input_quantizer"));
-  // The dispatch itself does not fall through silently when handed such a policy.
+  // The dispatch itself does not fall through silently when handed such a policy: the catalogue
+  // refuses the spec it maps to.
   const Matrix<float> g = nn_test::random_matrix<float>(4, 3, 42);
   Matrix<float> out(4, 3);
-  CHECK_THROWS_AS(nn::detail::quantize_grad_input<float>(bad, g, Philox(1), out), std::logic_error);
+  CHECK_THROWS_WITH(nn::detail::quantize_grad_input<float>(bad, g, Philox(1), out),
+                    Contains("fqt::AnyQuantizer: kind must be one of"));
   nn::QuantPolicy bad_weight;
   bad_weight.grad_weight_quantizer = static_cast<nn::GradWeightQuantizer>(5);
-  CHECK_THROWS_AS(nn::detail::quantize_grad_weight<float>(bad_weight, g, Philox(1), out),
-                  std::logic_error);
+  CHECK_THROWS_AS(nn::detail::quantize_grad_weight<float>(bad_weight, g, 3, Philox(1), out),
+                  std::invalid_argument);
   nn::QuantPolicy bad_rounding;
   bad_rounding.gradient_rounding = static_cast<nn::GradientRounding>(2);
   CHECK_THROWS_WITH(nn::detail::quantize_grad_input<float>(bad_rounding, g, Philox(1), out),
-                    Contains("gradient_rounding = 2"));
-  CHECK_THROWS_AS(nn::detail::quantize_grad_weight<float>(bad_rounding, g, Philox(1), out),
-                  std::logic_error);
+                    Contains("rounding must be Stochastic or Nearest, got -1"));
+  CHECK_THROWS_AS(nn::detail::quantize_grad_weight<float>(bad_rounding, g, 3, Philox(1), out),
+                  std::invalid_argument);
+}
+
+TEST_CASE("The per-channel grad-weight quantizer: one grid per conv output channel",
+          "[nn][conv][per_channel]") {
+  // FQT's weight gradient is the QAT weight gradient of Q_b2(G) (the backward is linear in G), and
+  // Q_b2 is the catalogue's per-channel quantizer with K channels drawn from the grad-weight
+  // stream.
+  const nn::Conv2dGeometry geo(2, 6, 5, 3, 3, 1, 1);
+  const Index n = 4;
+  const Matrix<double> x = nn_test::random_matrix(n, geo.input_size(), 301);
+  const Matrix<double> w = nn_test::random_matrix(geo.out_channels, geo.patch_size(), 302);
+  const Matrix<double> g = nn_test::random_matrix(n, geo.output_size(), 303);
+  nn::QuantPolicy fqt;
+  fqt.grad_weight_quantizer = nn::parse_grad_weight_quantizer("channel");
+  fqt.grad_weight_bits = 3;
+  nn::QuantPolicy qat = fqt;
+  qat.mode = nn::Mode::QAT;
+  auto weight_gradient = [&](const nn::QuantPolicy& policy, const Matrix<double>& grad) {
+    nn::Conv2dCache<double> cache;
+    Matrix<double> y(n, geo.output_size()), dw = Matrix<double>::Zero(w.rows(), w.cols());
+    nn::conv2d_forward(x, w, Vector<double>(), geo, policy, cache, y);
+    Matrix<double> none;
+    Vector<double> no_bias;
+    nn::conv2d_backward(grad, cache, kStreams, none, dw, no_bias);
+    return dw;
+  };
+  const fqt::PerChannelQuantizer<double> per_channel(3, fqt.gradient_grid, geo.out_channels);
+  const Matrix<double> expected = weight_gradient(qat, per_channel(g, kStreams.grad_weight));
+  const Matrix<double> got = weight_gradient(fqt, g);
+  CHECK(nn_test::relative_error(got, expected) < 1e-12);
+  // ...and not the per-column quantizer's (one grid per (k, oy, ox)).
+  const fqt::PerColumnQuantizer<double> per_column(3, fqt.gradient_grid);
+  CHECK(nn_test::relative_error(got, weight_gradient(qat, per_column(g, kStreams.grad_weight))) >
+        1e-3);
+  CHECK(std::string(nn::to_string(fqt.grad_weight_quantizer)) == "channel");
 }

@@ -147,7 +147,7 @@ void linear_backward(const detail::ConstMatrix<Scalar>& grad_output, LinearCache
   }
   if (quantize && grad_weight.size() > 0) {
     detail::ensure_shape(cache.grad_for_weight, n, out);
-    detail::quantize_grad_weight<Scalar>(policy, grad_output, streams.grad_weight,
+    detail::quantize_grad_weight<Scalar>(policy, grad_output, out, streams.grad_weight,
                                          cache.grad_for_weight);
   }
   if (grad_input.size() > 0) {
@@ -464,7 +464,7 @@ void conv2d_backward(const detail::ConstMatrix<Scalar>& grad_output, Conv2dCache
   }
   if (quantize && grad_weight.size() > 0) {
     detail::ensure_shape(cache.grad_for_weight, n, g.output_size());
-    detail::quantize_grad_weight<Scalar>(policy, grad_output, streams.grad_weight,
+    detail::quantize_grad_weight<Scalar>(policy, grad_output, k, streams.grad_weight,
                                          cache.grad_for_weight);
     g_weight = cache.grad_for_weight.data();
     g_weight_stride = cache.grad_for_weight.cols();

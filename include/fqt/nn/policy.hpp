@@ -33,9 +33,16 @@ enum class GradInputQuantizer {
 };
 
 /// \brief The quantizer of the grad-weight path, ∇W = Q_b2(G)ᵀ·X̂ (the batch is contracted).
+///
+/// For a conv layer G is N × (K·Ho·Wo) and the product Σ_n G_n·columns(X̂_n)ᵀ contracts over the
+/// samples and each channel's Ho·Wo positions: only PerTensor and PerChannel scales factor out of
+/// it, so only they could run on integer codes. PerColumn there (one range per (k, oy, ox), the
+/// paper's released code) is a simulation: fake-quantized operands in a float GEMM. For a linear
+/// layer PerColumn and PerChannel are the same quantizer (one channel per output feature).
 enum class GradWeightQuantizer {
   PerTensor,  ///< PTQ: one range for the whole gradient ("ptq")
-  PerColumn   ///< one range per column of G, over the batch ("column"; the paper's PSQ runs)
+  PerColumn,  ///< one range per column of G, over the batch ("column"; the paper's PSQ runs)
+  PerChannel  ///< one range per output channel (conv) or output feature (linear) ("channel")
 };
 
 /// \brief Rounding of the backward quantizers. Only Stochastic keeps the FQT gradient unbiased
@@ -67,6 +74,7 @@ inline bool is_enumerator(GradWeightQuantizer q) {
   switch (q) {
     case GradWeightQuantizer::PerTensor:
     case GradWeightQuantizer::PerColumn:
+    case GradWeightQuantizer::PerChannel:
       return true;
   }
   return false;
@@ -118,6 +126,18 @@ struct QuantPolicy {
     return p;
   }
 
+  /// \brief The catalogue spec of the grad-input quantizer Q_b1.
+  QuantizerSpec grad_input_spec() const {
+    return {grad_input_kind(), grad_input_bits, gradient_grid, rounding_mode()};
+  }
+  /// \brief The catalogue spec of the grad-weight quantizer Q_b2 for a layer with `channels`
+  /// output channels (conv: K; linear: its output features).
+  QuantizerSpec grad_weight_spec(Index channels) const {
+    const QuantizerKind kind = grad_weight_kind();
+    return {kind, grad_weight_bits, gradient_grid, rounding_mode(),
+            kind == QuantizerKind::PerChannel ? channels : 1};
+  }
+
   /// \brief True when the forward pass quantizes (QAT and FQT).
   bool quantizes_forward() const { return mode != Mode::Exact; }
   /// \brief True when the backward pass quantizes the output gradient (FQT).
@@ -133,7 +153,7 @@ struct QuantPolicy {
           "grad_input_quantizer must be PerTensor, PerSample or BlockHouseholder, got ",
           detail::enum_value(grad_input_quantizer));
     check(detail::is_enumerator(grad_weight_quantizer), where,
-          "grad_weight_quantizer must be PerTensor or PerColumn, got ",
+          "grad_weight_quantizer must be PerTensor, PerColumn or PerChannel, got ",
           detail::enum_value(grad_weight_quantizer));
     check(detail::is_enumerator(gradient_grid), where,
           "gradient_grid must be Free or ZeroAligned, got ", detail::enum_value(gradient_grid));
@@ -148,6 +168,41 @@ struct QuantPolicy {
           grad_input_bits);
     check(in_range(grad_weight_bits), where, "grad_weight_bits must be in [1, 8], got ",
           grad_weight_bits);
+  }
+
+ private:
+  // The policy's names for the gradient quantizers, mapped onto the catalogue's kinds; an
+  // enumerator outside its enum maps to a value the catalogue rejects (validate rejects it first).
+  QuantizerKind grad_input_kind() const {
+    switch (grad_input_quantizer) {
+      case GradInputQuantizer::PerTensor:
+        return QuantizerKind::PerTensor;
+      case GradInputQuantizer::PerSample:
+        return QuantizerKind::PerSample;
+      case GradInputQuantizer::BlockHouseholder:
+        return QuantizerKind::BlockHouseholder;
+    }
+    return static_cast<QuantizerKind>(-1);
+  }
+  QuantizerKind grad_weight_kind() const {
+    switch (grad_weight_quantizer) {
+      case GradWeightQuantizer::PerTensor:
+        return QuantizerKind::PerTensor;
+      case GradWeightQuantizer::PerColumn:
+        return QuantizerKind::PerColumn;
+      case GradWeightQuantizer::PerChannel:
+        return QuantizerKind::PerChannel;
+    }
+    return static_cast<QuantizerKind>(-1);
+  }
+  RoundingMode rounding_mode() const {
+    switch (gradient_rounding) {
+      case GradientRounding::Stochastic:
+        return RoundingMode::Stochastic;
+      case GradientRounding::Nearest:
+        return RoundingMode::Nearest;
+    }
+    return static_cast<RoundingMode>(-1);
   }
 };
 
@@ -181,15 +236,17 @@ inline GradInputQuantizer parse_grad_input_quantizer(std::string_view name) {
   return GradInputQuantizer::PerTensor;
 }
 
-/// \brief Parses "ptq" or "column" (any case); throws std::invalid_argument naming the text.
+/// \brief Parses "ptq", "column" or "channel" (any case); throws std::invalid_argument naming the
+/// text.
 /// BHQ and PSQ are not grad-weight quantizers: their per-sample scales do not factor out of
 /// Gᵀ·X̂, whose contraction runs over the samples.
 inline GradWeightQuantizer parse_grad_weight_quantizer(std::string_view name) {
   const std::string s = detail::lower(name);
   if (s == "ptq") return GradWeightQuantizer::PerTensor;
   if (s == "column") return GradWeightQuantizer::PerColumn;
+  if (s == "channel") return GradWeightQuantizer::PerChannel;
   check(false, "nn::parse_grad_weight_quantizer", "unknown grad-weight quantizer '", name,
-        "' (expected ptq or column)");
+        "' (expected ptq, column or channel)");
   return GradWeightQuantizer::PerTensor;
 }
 
@@ -228,13 +285,15 @@ inline const char* to_string(GradInputQuantizer q) {
   return "?";
 }
 
-/// \brief "ptq" or "column" — the names parse_grad_weight_quantizer accepts.
+/// \brief "ptq", "column" or "channel" — the names parse_grad_weight_quantizer accepts.
 inline const char* to_string(GradWeightQuantizer q) {
   switch (q) {
     case GradWeightQuantizer::PerTensor:
       return "ptq";
     case GradWeightQuantizer::PerColumn:
       return "column";
+    case GradWeightQuantizer::PerChannel:
+      return "channel";
   }
   return "?";
 }

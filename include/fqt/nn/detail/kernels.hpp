@@ -220,16 +220,6 @@ void accumulate_column_sums(const MatrixCRef<Scalar>& g, Eigen::Ref<Vector<Scala
 
 // ---- quantizer dispatch ---------------------------------------------------------------------
 
-/// A dispatch switch reached its end: `value` is no enumerator of its enum. QuantPolicy::validate
-/// rejects such a policy first, so reaching this is a bug (std::logic_error), never a silent
-/// fall-through that would leave the output unwritten.
-template <class Enum>
-[[noreturn]] void throw_unknown_enumerator(const char* where, const char* field, Enum value) {
-  throw std::logic_error(
-      fqt::detail::concat(where, ": ", field, " = ", static_cast<long long>(value),
-                          " is not an enumerator of its enum (QuantPolicy::validate rejects it)"));
-}
-
 /// \brief out = Q_f(x) for an activation: per tensor, round to nearest, free grid.
 template <class Scalar>
 void quantize_activation(const QuantPolicy& policy, const MatrixCRef<Scalar>& x,
@@ -246,76 +236,21 @@ void quantize_weight(const QuantPolicy& policy, const MatrixCRef<Scalar>& w,
       .fake_quantize(w, Philox(), out);
 }
 
-template <class Scalar, class Rounding>
-void quantize_grad_input_with(const QuantPolicy& policy, const MatrixCRef<Scalar>& g,
-                              const Philox& rng, MatrixRef<Scalar> out) {
-  const int bits = policy.grad_input_bits;
-  const Grid grid = policy.gradient_grid;
-  switch (policy.grad_input_quantizer) {
-    case GradInputQuantizer::PerTensor:
-      PerTensorQuantizer<Scalar, Rounding>(bits, grid).fake_quantize(g, rng, out);
-      return;
-    case GradInputQuantizer::PerSample:
-      PerSampleQuantizer<Scalar, Rounding>(bits, grid).fake_quantize(g, rng, out);
-      return;
-    case GradInputQuantizer::BlockHouseholder:
-      BlockHouseholderQuantizer<Scalar, Rounding>(bits, grid).fake_quantize(g, rng, out);
-      return;
-  }
-  throw_unknown_enumerator("nn::detail::quantize_grad_input", "grad_input_quantizer",
-                           policy.grad_input_quantizer);
-}
-
-template <class Scalar, class Rounding>
-void quantize_grad_weight_with(const QuantPolicy& policy, const MatrixCRef<Scalar>& g,
-                               const Philox& rng, MatrixRef<Scalar> out) {
-  const int bits = policy.grad_weight_bits;
-  const Grid grid = policy.gradient_grid;
-  switch (policy.grad_weight_quantizer) {
-    case GradWeightQuantizer::PerTensor:
-      PerTensorQuantizer<Scalar, Rounding>(bits, grid).fake_quantize(g, rng, out);
-      return;
-    case GradWeightQuantizer::PerColumn:
-      PerColumnQuantizer<Scalar, Rounding>(bits, grid).fake_quantize(g, rng, out);
-      return;
-  }
-  throw_unknown_enumerator("nn::detail::quantize_grad_weight", "grad_weight_quantizer",
-                           policy.grad_weight_quantizer);
-}
-
-/// \brief out = Q_b1(g) (rows of g are samples) with the policy's quantizer, bits and rounding.
-/// Every element of out is written, or it throws (std::logic_error on an enumerator outside its
-/// enum, which QuantPolicy::validate rejects first).
+/// \brief out = Q_b1(g) (rows of g are samples) with the policy's quantizer, bits, grid and
+/// rounding. Every element of out is written, or it throws (std::invalid_argument for a spec the
+/// catalogue rejects, which QuantPolicy::validate rejects first).
 template <class Scalar>
 void quantize_grad_input(const QuantPolicy& policy, const MatrixCRef<Scalar>& g, const Philox& rng,
                          MatrixRef<Scalar> out) {
-  switch (policy.gradient_rounding) {
-    case GradientRounding::Stochastic:
-      quantize_grad_input_with<Scalar, Stochastic>(policy, g, rng, out);
-      return;
-    case GradientRounding::Nearest:
-      quantize_grad_input_with<Scalar, Nearest>(policy, g, rng, out);
-      return;
-  }
-  throw_unknown_enumerator("nn::detail::quantize_grad_input", "gradient_rounding",
-                           policy.gradient_rounding);
+  AnyQuantizer<Scalar>(policy.grad_input_spec()).fake_quantize(g, rng, out);
 }
 
-/// \brief out = Q_b2(g) with the policy's grad-weight quantizer, bits and rounding (every element
-/// written, or it throws, as quantize_grad_input).
+/// \brief out = Q_b2(g) with the policy's grad-weight quantizer for a layer whose gradient g has
+/// `channels` output channels (blocks of columns), as quantize_grad_input.
 template <class Scalar>
-void quantize_grad_weight(const QuantPolicy& policy, const MatrixCRef<Scalar>& g, const Philox& rng,
-                          MatrixRef<Scalar> out) {
-  switch (policy.gradient_rounding) {
-    case GradientRounding::Stochastic:
-      quantize_grad_weight_with<Scalar, Stochastic>(policy, g, rng, out);
-      return;
-    case GradientRounding::Nearest:
-      quantize_grad_weight_with<Scalar, Nearest>(policy, g, rng, out);
-      return;
-  }
-  throw_unknown_enumerator("nn::detail::quantize_grad_weight", "gradient_rounding",
-                           policy.gradient_rounding);
+void quantize_grad_weight(const QuantPolicy& policy, const MatrixCRef<Scalar>& g, Index channels,
+                          const Philox& rng, MatrixRef<Scalar> out) {
+  AnyQuantizer<Scalar>(policy.grad_weight_spec(channels)).fake_quantize(g, rng, out);
 }
 
 /// Resizes m only when its shape changes (a steady-state call does not allocate).
