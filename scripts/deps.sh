@@ -3,7 +3,7 @@
 
 fqt_packages_build=(cmake g++ make libeigen3-dev librandom123-dev zlib1g-dev libcli11-dev)
 fqt_packages_test=(catch2 libbenchmark-dev clang libclang-rt-14-dev libomp-14-dev
-  dataset-fashion-mnist gnuplot-nox)
+  libfuzzer-14-dev dataset-fashion-mnist gnuplot-nox)
 fqt_packages_run=(dataset-fashion-mnist gnuplot-nox)
 
 fqt_ensure_packages() {

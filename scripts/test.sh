@@ -1,7 +1,9 @@
 #!/usr/bin/env bash
 # Builds fqt and runs its whole test suite twice: optimised for this machine with GCC (the
 # AVX-512 paths where the CPU has them), then portable under AddressSanitizer and
-# UndefinedBehaviorSanitizer with Clang. Installs missing Debian packages first.
+# UndefinedBehaviorSanitizer with Clang; then builds the libFuzzer harnesses, replays their seed
+# corpus and fuzzes each for FQT_FUZZ_SECONDS (30 s by default). Installs missing Debian
+# packages first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 source scripts/deps.sh
@@ -20,3 +22,10 @@ cmake -S . -B build/sanitize -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_COMPILER=clang
   >/dev/null
 cmake --build build/sanitize -j "$jobs"
 (cd build/sanitize && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j "$jobs" -E '^consumer')
+
+echo "== fuzzing (Clang, libFuzzer + ASan + UBSan): the seed corpus, then ${FQT_FUZZ_SECONDS:-30} s per harness"
+# New inputs and findings go to build/fuzz/tests/fuzz/{scratch,findings}/<harness>/.
+source scripts/fuzz_config.sh
+fqt_configure_fuzzers "${FQT_FUZZ_SECONDS:-30}"
+cmake --build build/fuzz -j "$jobs"
+(cd build/fuzz && ctest --output-on-failure -j "$jobs" -L fuzz)
