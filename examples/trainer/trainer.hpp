@@ -9,11 +9,17 @@
 /// - progress.hpp: the per-epoch progress display
 /// - train.hpp: the training loop, evaluation, the gradient variance profile
 /// - checkpoint.hpp: saving and loading the parameters (checked binary format)
-/// - compare.hpp: the comparison runs and their Markdown, CSV and gnuplot output
+/// - runs.hpp: the grid of runs of the comparison and running them
+/// - report.hpp: the comparison's Markdown tables and the reading computed from them
+/// - csv.hpp: the comparison's CSV file
+/// - plot.hpp: the comparison's gnuplot plots
 
 #include "trainer/checkpoint.hpp"
-#include "trainer/compare.hpp"
+#include "trainer/csv.hpp"
 #include "trainer/data.hpp"
 #include "trainer/model.hpp"
+#include "trainer/plot.hpp"
 #include "trainer/progress.hpp"
+#include "trainer/report.hpp"
+#include "trainer/runs.hpp"
 #include "trainer/train.hpp"
