@@ -91,18 +91,4 @@ inline void gather_batch(const Dataset& data, const std::vector<Index>& order, I
   }
 }
 
-/// \brief The samples [first, first + count) of `data`, in order.
-inline Dataset slice(const Dataset& data, Index first, Index count) {
-  fqt::check(first >= 0 && count >= 0 && first + count <= data.size(), "fqt_train::slice",
-             "samples [", first, ", ", first + count, ") are outside the ", data.size(),
-             " samples of the data set");
-  Dataset d;
-  d.images = data.images.middleRows(first, count);
-  d.labels.assign(data.labels.begin() + first, data.labels.begin() + first + count);
-  d.height = data.height;
-  d.width = data.width;
-  d.classes = data.classes;
-  return d;
-}
-
 }  // namespace fqt_train
