@@ -9,7 +9,7 @@
 #include "fqt/core/error.hpp"
 #include "fqt/core/matrix.hpp"
 #include "fqt/nn/autograd.hpp"
-#include "fqt/nn/detail/kernels.hpp"
+#include "fqt/nn/detail/checks.hpp"
 
 namespace fqt {
 namespace nn {
