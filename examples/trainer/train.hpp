@@ -155,7 +155,7 @@ inline std::vector<int> predict(Model& model, const Dataset& data, const nn::Qua
 
 namespace detail {
 
-/// The learning rate of each step, from the options and the run's length.
+/// \brief The learning rate of each step, from the options and the run's length.
 class LearningRate {
  public:
   LearningRate(const TrainOptions& o, std::uint64_t steps_per_epoch)
@@ -193,6 +193,151 @@ inline std::string percent(double fraction) {
   return s.str();
 }
 
+/// \brief The SGD options of a run.
+inline nn::SgdOptions sgd_options(const TrainOptions& o) {
+  nn::SgdOptions sgd;
+  sgd.learning_rate = o.learning_rate;
+  sgd.momentum = o.momentum;
+  sgd.weight_decay = o.weight_decay;
+  return sgd;
+}
+
+/// \brief The running sums of an epoch's training steps.
+struct EpochSums {
+  double loss = 0;    ///< Σ batch loss × batch size
+  Index correct = 0;  ///< samples classified right
+};
+
+/// \brief One training run of train(): the state its epochs share (optimiser, noise context, batch
+/// buffers, the step counter).
+class TrainingRun {
+ public:
+  /// \brief Sets up a run; the options must be valid and the training set non-empty.
+  TrainingRun(Model& model, const Dataset& train_set, const Dataset& test,
+              const TrainOptions& options, Progress& progress)
+      : model_(model),
+        train_set_(train_set),
+        test_(test),
+        options_(options),
+        progress_(progress),
+        n_(train_set.size()),
+        batch_(std::min(options.batch_size, n_)),
+        learning_rate_(options, static_cast<std::uint64_t>((n_ + batch_ - 1) / batch_)),
+        sgd_(model.parameters(), sgd_options(options)),
+        order_rng_(seed_stream(options.seed, Stream::Order)) {
+    context_.policy = options.policy;
+    context_.rng = seed_stream(options.seed, Stream::Noise);
+    context_.training = true;
+  }
+
+  /// \brief Trains every epoch, or until a non-finite value stops the run.
+  TrainResult run() {
+    TrainResult result;
+    for (int epoch = 1; epoch <= options_.epochs; ++epoch) {
+      std::ostringstream label;
+      label << "epoch " << epoch << "/" << options_.epochs;
+      progress_.begin_epoch(label.str(), n_);
+      const auto order = epoch_order(n_, order_rng_, static_cast<std::uint64_t>(epoch - 1));
+      const auto start = std::chrono::steady_clock::now();
+      EpochSums sums;
+      try {
+        sums = steps(order);
+      } catch (const std::domain_error& e) {
+        result.diverged = true;
+        std::ostringstream what;
+        what << "diverged in epoch " << epoch << " at step " << step_ << ": " << e.what();
+        result.divergence = what.str();
+        progress_.end_epoch(result.divergence);
+        break;
+      }
+      const double seconds =
+          std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+      result.epochs.push_back(end_epoch(epoch, sums, seconds));
+      result.final_train_loss = result.epochs.back().train_loss;
+    }
+    result.final_test_accuracy = final_accuracy(result);
+    return result;
+  }
+
+ private:
+  // The SGD steps of one epoch, visiting the training set in `order`.
+  EpochSums steps(const std::vector<Index>& order) {
+    EpochSums sums;
+    Index done = 0;
+    for (Index first = 0; first < n_; first += batch_, ++step_) {
+      const Index count = std::min(batch_, n_ - first);
+      gather_batch(train_set_, order, first, count, images_, labels_);
+      sgd_.set_learning_rate(learning_rate_(step_));
+      sgd_.zero_grad();
+      context_.step = step_;
+      nn::Tape<float> tape;
+      const nn::Variable<float> input(images_, model_.input_shape());
+      const auto logits = model_.net().forward(tape, input, context_);
+      const auto loss = nn::softmax_cross_entropy(tape, logits, labels_);
+      sums.correct += nn::count_correct(logits.value(), labels_);
+      tape.backward(loss);
+      sgd_.step();
+      sums.loss += static_cast<double>(loss.value()(0, 0)) * static_cast<double>(count);
+      done += count;
+      progress_.update(done, sums.loss / static_cast<double>(done),
+                       static_cast<double>(sums.correct) / static_cast<double>(done));
+    }
+    return sums;
+  }
+
+  // The statistics of a finished epoch (with the test accuracy when it is evaluated), shown as
+  // the epoch's summary.
+  EpochStats end_epoch(int epoch, const EpochSums& sums, double seconds) {
+    EpochStats stats;
+    stats.epoch = epoch;
+    stats.seconds = seconds;
+    stats.train_loss = sums.loss / static_cast<double>(n_);
+    stats.train_accuracy = static_cast<double>(sums.correct) / static_cast<double>(n_);
+    stats.images_per_second = stats.seconds > 0 ? static_cast<double>(n_) / stats.seconds : 0;
+    std::ostringstream summary;
+    summary.precision(4);
+    summary << "loss " << stats.train_loss << ", train acc " << percent(stats.train_accuracy);
+    if (test_.size() > 0 && (options_.evaluate_every_epoch || epoch == options_.epochs)) {
+      stats.test_accuracy = evaluate(model_, test_, options_.policy, options_.eval_batch_size);
+      summary << ", test acc " << percent(stats.test_accuracy);
+    }
+    summary.precision(3);
+    summary << " (" << stats.seconds << " s, " << static_cast<long long>(stats.images_per_second)
+            << " img/s)";
+    progress_.end_epoch(summary.str());
+    return stats;
+  }
+
+  // The last epoch's test accuracy; after a divergence, that of the last finite weights (SGD
+  // refuses non-finite gradients), or −1 when they are unusable too.
+  double final_accuracy(const TrainResult& result) {
+    if (!result.epochs.empty() && !result.diverged) return result.epochs.back().test_accuracy;
+    if (result.diverged && test_.size() > 0) {
+      try {
+        return evaluate(model_, test_, options_.policy, options_.eval_batch_size);
+      } catch (const std::domain_error&) {
+        return -1;
+      }
+    }
+    return -1;
+  }
+
+  Model& model_;
+  const Dataset& train_set_;
+  const Dataset& test_;
+  const TrainOptions& options_;
+  Progress& progress_;
+  const Index n_;
+  const Index batch_;
+  const LearningRate learning_rate_;
+  nn::SGD<float> sgd_;
+  const fqt::Philox order_rng_;
+  nn::Context context_;
+  Matrix images_;
+  std::vector<int> labels_;
+  std::uint64_t step_ = 0;
+};
+
 }  // namespace detail
 
 /// \brief Trains `model` on `train` for options.epochs epochs of SGD and evaluates it on `test`
@@ -207,95 +352,7 @@ inline TrainResult train(Model& model, const Dataset& train_set, const Dataset& 
                          const TrainOptions& options, Progress& progress) {
   options.validate();
   fqt::check(train_set.size() > 0, "fqt_train::train", "the training set is empty");
-  const Index n = train_set.size();
-  const Index batch = std::min(options.batch_size, n);
-  const std::uint64_t steps_per_epoch = static_cast<std::uint64_t>((n + batch - 1) / batch);
-  const detail::LearningRate learning_rate(options, steps_per_epoch);
-
-  nn::SgdOptions sgd_options;
-  sgd_options.learning_rate = options.learning_rate;
-  sgd_options.momentum = options.momentum;
-  sgd_options.weight_decay = options.weight_decay;
-  nn::SGD<float> sgd(model.parameters(), sgd_options);
-
-  nn::Context context;
-  context.policy = options.policy;
-  context.rng = seed_stream(options.seed, Stream::Noise);
-  context.training = true;
-  const fqt::Philox order_rng = seed_stream(options.seed, Stream::Order);
-
-  TrainResult result;
-  Matrix images;
-  std::vector<int> labels;
-  std::uint64_t step = 0;
-  for (int epoch = 1; epoch <= options.epochs; ++epoch) {
-    std::ostringstream label;
-    label << "epoch " << epoch << "/" << options.epochs;
-    progress.begin_epoch(label.str(), n);
-    const auto order = epoch_order(n, order_rng, static_cast<std::uint64_t>(epoch - 1));
-    const auto start = std::chrono::steady_clock::now();
-    double loss_sum = 0;
-    Index correct = 0, done = 0;
-    try {
-      for (Index first = 0; first < n; first += batch, ++step) {
-        const Index count = std::min(batch, n - first);
-        gather_batch(train_set, order, first, count, images, labels);
-        sgd.set_learning_rate(learning_rate(step));
-        sgd.zero_grad();
-        context.step = step;
-        nn::Tape<float> tape;
-        const nn::Variable<float> input(images, model.input_shape());
-        const auto logits = model.net().forward(tape, input, context);
-        const auto loss = nn::softmax_cross_entropy(tape, logits, labels);
-        correct += nn::count_correct(logits.value(), labels);
-        tape.backward(loss);
-        sgd.step();
-        loss_sum += static_cast<double>(loss.value()(0, 0)) * static_cast<double>(count);
-        done += count;
-        progress.update(done, loss_sum / static_cast<double>(done),
-                        static_cast<double>(correct) / static_cast<double>(done));
-      }
-    } catch (const std::domain_error& e) {
-      result.diverged = true;
-      std::ostringstream what;
-      what << "diverged in epoch " << epoch << " at step " << step << ": " << e.what();
-      result.divergence = what.str();
-      progress.end_epoch(result.divergence);
-      break;
-    }
-    EpochStats stats;
-    stats.epoch = epoch;
-    stats.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-    stats.train_loss = loss_sum / static_cast<double>(n);
-    stats.train_accuracy = static_cast<double>(correct) / static_cast<double>(n);
-    stats.images_per_second = stats.seconds > 0 ? static_cast<double>(n) / stats.seconds : 0;
-    std::ostringstream summary;
-    summary.precision(4);
-    summary << "loss " << stats.train_loss << ", train acc "
-            << detail::percent(stats.train_accuracy);
-    if (test.size() > 0 && (options.evaluate_every_epoch || epoch == options.epochs)) {
-      stats.test_accuracy = evaluate(model, test, options.policy, options.eval_batch_size);
-      summary << ", test acc " << detail::percent(stats.test_accuracy);
-    }
-    summary.precision(3);
-    summary << " (" << stats.seconds << " s, " << static_cast<long long>(stats.images_per_second)
-            << " img/s)";
-    progress.end_epoch(summary.str());
-    result.epochs.push_back(stats);
-    result.final_train_loss = stats.train_loss;
-  }
-  if (!result.epochs.empty() && !result.diverged) {
-    result.final_test_accuracy = result.epochs.back().test_accuracy;
-  } else if (result.diverged && test.size() > 0) {
-    // The weights are those of the last finite step (SGD refuses non-finite gradients); they may
-    // still be unusable, in which case the accuracy stays −1.
-    try {
-      result.final_test_accuracy = evaluate(model, test, options.policy, options.eval_batch_size);
-    } catch (const std::domain_error&) {
-      result.final_test_accuracy = -1;
-    }
-  }
-  return result;
+  return detail::TrainingRun(model, train_set, test, options, progress).run();
 }
 
 /// \brief Knobs of measure_gradient_variance.
