@@ -19,7 +19,7 @@ namespace fqt_train {
 
 namespace detail {
 
-/// `v` with 9 significant digits, "nan" when not finite.
+/// \brief `v` with 9 significant digits, "nan" when not finite.
 inline std::string csv_number(double v) {
   std::ostringstream s;
   s.precision(9);
@@ -31,7 +31,7 @@ inline std::string csv_number(double v) {
   return s.str();
 }
 
-/// The names of the parameter tensors of every run, in the order they first appear.
+/// \brief The names of the parameter tensors of every run, in the order they first appear.
 inline std::vector<std::string> tensor_names(const std::vector<RunResult>& results) {
   std::vector<std::string> tensors;
   for (const auto& r : results) {
@@ -44,7 +44,7 @@ inline std::vector<std::string> tensor_names(const std::vector<RunResult>& resul
   return tensors;
 }
 
-/// The header line: the summary columns, then qvar_<name>,svar_<name> per tensor.
+/// \brief The header line: the summary columns, then qvar_<name>,svar_<name> per tensor.
 inline void write_csv_header(std::ostream& out, const std::vector<std::string>& tensors) {
   out << "run,name,mode,grad_input,grad_input_bits,grad_weight,grad_weight_bits,forward_bits,grid,"
          "seed,epochs,train_size,test_size,batch_size,learning_rate,test_accuracy,"
@@ -55,7 +55,7 @@ inline void write_csv_header(std::ostream& out, const std::vector<std::string>& 
   out << "\n";
 }
 
-/// The row of run number `number` (1-based).
+/// \brief The row of run number `number` (1-based).
 inline void write_csv_row(std::ostream& out, std::size_t number, const RunResult& r,
                           const std::vector<std::string>& tensors, const CompareOptions& options,
                           Index train_size, Index test_size) {

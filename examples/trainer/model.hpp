@@ -86,8 +86,6 @@ class Model {
 
   /// \brief The layers (layer ids 0..9; parameters "0.weight", "0.bias", "3.weight", ...).
   nn::Sequential<float>& net() { return net_; }
-  /// \brief The shape the model was built with.
-  const Architecture& architecture() const { return architecture_; }
   /// \brief The trainable tensors, in layer order (shared handles).
   std::vector<nn::Parameter<float>> parameters() const { return net_.parameters(); }
   /// \brief Number of trainable scalars.

@@ -20,14 +20,14 @@ namespace fqt_train {
 
 namespace detail {
 
-/// The FQT runs of one quantizer and grid: one line of a plot, sorted by bit width.
+/// \brief The FQT runs of one quantizer and grid: one line of a plot, sorted by bit width.
 struct PlotSeries {
   nn::GradInputQuantizer quantizer;    ///< grad-input quantizer
   fqt::Grid grid;                      ///< gradient grid
   std::vector<const RunResult*> runs;  ///< by increasing grad-input bits
 };
 
-/// One series per (quantizer, grid) of the FQT runs, in the order they first appear.
+/// \brief One series per (quantizer, grid) of the FQT runs, in the order they first appear.
 inline std::vector<PlotSeries> plot_series(const std::vector<RunResult>& results) {
   std::vector<PlotSeries> series;
   for (const auto& [q, grid] : quantizer_grids(results)) {
@@ -43,14 +43,14 @@ inline std::vector<PlotSeries> plot_series(const std::vector<RunResult>& results
   return series;
 }
 
-/// A positive finite value for a log-scale plot, else gnuplot's NaN.
+/// \brief A positive finite value for a log-scale plot, else gnuplot's NaN.
 inline std::string plot_positive(double v) {
   return std::isfinite(v) && v > 0 ? general(v, 6) : std::string("NaN");
 }
 
-/// The data blocks $s0, $s1, ...: "bits accuracy%" lines, or with `variance` "bits ratio-at-init
-/// ratio-at-end" lines (the end-of-training ratio of a collapsed, dead network says nothing, so
-/// it is NaN).
+/// \brief The data blocks $s0, $s1, ...: "bits accuracy%" lines, or with `variance` "bits
+/// ratio-at-init ratio-at-end" lines (the end-of-training ratio of a collapsed, dead network says
+/// nothing, so it is NaN).
 inline std::string plot_data(const std::vector<PlotSeries>& series, bool variance, int classes) {
   std::ostringstream s;
   for (std::size_t i = 0; i < series.size(); ++i) {
@@ -70,7 +70,8 @@ inline std::string plot_data(const std::vector<PlotSeries>& series, bool varianc
   return s.str();
 }
 
-/// The line style of a series: a colour and point type per quantizer, dashed on the Free grid.
+/// \brief The line style of a series: a colour and point type per quantizer, dashed on the Free
+/// grid.
 inline std::string plot_style(const PlotSeries& series) {
   static const char* const colors[] = {"#d62728", "#1f77b4", "#2ca02c"};
   const int q = static_cast<int>(series.quantizer);
@@ -80,14 +81,15 @@ inline std::string plot_style(const PlotSeries& series) {
   return s.str();
 }
 
-/// The key of a series, e.g. "BHQ (zero)".
+/// \brief The key of a series, e.g. "BHQ (zero)".
 inline std::string plot_title(const PlotSeries& series) {
   std::string t = nn::to_string(series.quantizer);
   for (auto& c : t) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
   return t + " (" + fqt_examples::grid_name(series.grid) + ")";
 }
 
-/// The plot command's terms of every series for data column `column`, each followed by ", \".
+/// \brief The plot command's terms of every series for data column `column`, each followed by ",
+/// \".
 inline std::string plot_lines(const std::vector<PlotSeries>& series, int column) {
   std::ostringstream s;
   for (std::size_t i = 0; i < series.size(); ++i) {
@@ -97,7 +99,7 @@ inline std::string plot_lines(const std::vector<PlotSeries>& series, int column)
   return s.str();
 }
 
-/// The script of the accuracy plot, with QAT and Exact as horizontal lines.
+/// \brief The script of the accuracy plot, with QAT and Exact as horizontal lines.
 inline std::string accuracy_script(const std::vector<RunResult>& results,
                                    const std::vector<PlotSeries>& series, const std::string& png,
                                    const std::string& subtitle, int classes) {
@@ -121,8 +123,8 @@ inline std::string accuracy_script(const std::vector<RunResult>& results,
   return text.substr(0, text.rfind(", \\\n  ")) + "\n";
 }
 
-/// The script of the two variance panels (at initialisation, at the end of training), each with
-/// the level 1 of the QAT sampling variance.
+/// \brief The script of the two variance panels (at initialisation, at the end of training), each
+/// with the level 1 of the QAT sampling variance.
 inline std::string variance_script(const std::vector<PlotSeries>& series, const std::string& png,
                                    const std::string& subtitle, int classes) {
   std::ostringstream s;
@@ -147,7 +149,7 @@ inline std::string variance_script(const std::vector<PlotSeries>& series, const 
   return s.str();
 }
 
-/// Runs a script (gnuplot's warnings discarded) and says what became of `png`.
+/// \brief Runs a script (gnuplot's warnings discarded) and says what became of `png`.
 inline std::string render(const std::string& script, const std::string& png) {
   const auto run = fqt_examples::run_gnuplot(script, true);
   if (!run.started) return "could not start gnuplot, so " + png + " was not written";

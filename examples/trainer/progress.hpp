@@ -71,15 +71,6 @@ class Progress {
     }
   }
 
-  /// \brief The resolved style (never Auto).
-  ProgressStyle style() const { return style_; }
-
-  /// \brief Writes a line of its own (e.g. "run 3/32: ..."), unless the style is None.
-  void note(const std::string& text) {
-    if (style_ == ProgressStyle::None) return;
-    write(text + "\n");
-  }
-
   /// \brief Starts an epoch of `total` samples labelled e.g. "epoch 2/5".
   void begin_epoch(const std::string& label, fqt::Index total) {
     label_ = label;

@@ -19,7 +19,7 @@ namespace fqt_train {
 
 namespace detail {
 
-/// `v` with `digits` decimals, or "n/a" when not finite.
+/// \brief `v` with `digits` decimals, or "n/a" when not finite.
 inline std::string fixed(double v, int digits) {
   if (!std::isfinite(v)) return "n/a";
   std::ostringstream s;
@@ -29,7 +29,7 @@ inline std::string fixed(double v, int digits) {
   return s.str();
 }
 
-/// `v` with `digits` significant digits, or "n/a" when not finite.
+/// \brief `v` with `digits` significant digits, or "n/a" when not finite.
 inline std::string general(double v, int digits = 3) {
   if (!std::isfinite(v)) return "n/a";
   std::ostringstream s;
@@ -38,7 +38,7 @@ inline std::string general(double v, int digits = 3) {
   return s.str();
 }
 
-/// The first run of `mode`, or null.
+/// \brief The first run of `mode`, or null.
 inline const RunResult* find_mode(const std::vector<RunResult>& results, nn::Mode mode) {
   for (const auto& r : results) {
     if (r.spec.policy.mode == mode) return &r;
@@ -46,22 +46,22 @@ inline const RunResult* find_mode(const std::vector<RunResult>& results, nn::Mod
   return nullptr;
 }
 
-/// The final test accuracy, NaN when the run could not be evaluated.
+/// \brief The final test accuracy, NaN when the run could not be evaluated.
 inline double accuracy_or_nan(const RunResult& r) {
   return r.train.final_test_accuracy >= 0 ? r.train.final_test_accuracy
                                           : std::numeric_limits<double>::quiet_NaN();
 }
 
-/// A run "collapsed" when it ends at or below twice chance accuracy (or diverged).
+/// \brief A run "collapsed" when it ends at or below twice chance accuracy (or diverged).
 inline bool collapsed(const RunResult& r, int classes) {
   const double acc = accuracy_or_nan(r);
   return r.train.diverged || !(acc > 2.0 / classes);
 }
 
-/// A (grad-input quantizer, grid) pair: one line of the pivot, the reading and the plots.
+/// \brief A (grad-input quantizer, grid) pair: one line of the pivot, the reading and the plots.
 using QuantizerGrid = std::pair<nn::GradInputQuantizer, fqt::Grid>;
 
-/// The (quantizer, grid) pairs of the FQT runs, in the order they first appear.
+/// \brief The (quantizer, grid) pairs of the FQT runs, in the order they first appear.
 inline std::vector<QuantizerGrid> quantizer_grids(const std::vector<RunResult>& results) {
   std::vector<QuantizerGrid> keys;
   for (const auto& r : results) {
@@ -73,13 +73,13 @@ inline std::vector<QuantizerGrid> quantizer_grids(const std::vector<RunResult>& 
   return keys;
 }
 
-/// True for an FQT run of quantizer `q` on `grid`.
+/// \brief True for an FQT run of quantizer `q` on `grid`.
 inline bool is_fqt_run(const RunResult& r, nn::GradInputQuantizer q, fqt::Grid grid) {
   const auto& p = r.spec.policy;
   return p.mode == nn::Mode::FQT && p.grad_input_quantizer == q && p.gradient_grid == grid;
 }
 
-/// One row of the table of every run.
+/// \brief One row of the table of every run.
 inline void write_run_row(std::ostream& out, const RunResult& r, double qat_accuracy) {
   const auto& p = r.spec.policy;
   const bool fqt = p.mode == nn::Mode::FQT;
@@ -100,7 +100,7 @@ inline void write_run_row(std::ostream& out, const RunResult& r, double qat_accu
       << " |\n";
 }
 
-/// The pivot's cell of quantizer `q` on `grid` at `bits`: "accuracy (ratio at the end)".
+/// \brief The pivot's cell of quantizer `q` on `grid` at `bits`: "accuracy (ratio at the end)".
 inline std::string pivot_cell(const std::vector<RunResult>& results, nn::GradInputQuantizer q,
                               fqt::Grid grid, int bits) {
   std::string cell = " ";
@@ -153,7 +153,8 @@ inline void write_pivot(std::ostream& out, const std::vector<RunResult>& results
 
 namespace detail {
 
-/// The reading's first line: Exact and QAT, with the binomial standard error of QAT's accuracy.
+/// \brief The reading's first line: Exact and QAT, with the binomial standard error of QAT's
+/// accuracy.
 inline void read_baselines(std::ostream& out, const RunResult* exact, const RunResult* qat,
                            Index test_size) {
   if (exact) out << "- Exact: " << percent(accuracy_or_nan(*exact)) << ".";
@@ -168,7 +169,7 @@ inline void read_baselines(std::ostream& out, const RunResult* exact, const RunR
   }
 }
 
-/// The lowest bit width down to which every run of `q` on `grid` stays within `tolerance` of
+/// \brief The lowest bit width down to which every run of `q` on `grid` stays within `tolerance` of
 /// `reference` (0: none).
 inline int lowest_bits_within(const std::vector<RunResult>& results, nn::GradInputQuantizer q,
                               fqt::Grid grid, double reference, double tolerance) {
@@ -186,7 +187,7 @@ inline int lowest_bits_within(const std::vector<RunResult>& results, nn::GradInp
   return lowest;
 }
 
-/// The reading's line of the lowest bit width of each quantizer and grid that matches QAT.
+/// \brief The reading's line of the lowest bit width of each quantizer and grid that matches QAT.
 inline void read_lowest_bits(std::ostream& out, const std::vector<RunResult>& results,
                              const RunResult& qat, double tolerance) {
   const auto keys = quantizer_grids(results);
@@ -202,8 +203,8 @@ inline void read_lowest_bits(std::ostream& out, const std::vector<RunResult>& re
   out << "\n";
 }
 
-/// The variance ratio of the FQT run (q, grid, bits), at the end or at initialisation; NaN when
-/// there is none (or, at the end, when it collapsed).
+/// \brief The variance ratio of the FQT run (q, grid, bits), at the end or at initialisation; NaN
+/// when there is none (or, at the end, when it collapsed).
 inline double ratio_of(const std::vector<RunResult>& results, nn::GradInputQuantizer q,
                        fqt::Grid grid, int bits, bool at_end, int classes) {
   for (const auto& r : results) {
@@ -215,14 +216,14 @@ inline double ratio_of(const std::vector<RunResult>& results, nn::GradInputQuant
   return std::numeric_limits<double>::quiet_NaN();
 }
 
-/// How the variance ratios of PTQ and BHQ compare with PSQ's over the (grid, bits) cases.
+/// \brief How the variance ratios of PTQ and BHQ compare with PSQ's over the (grid, bits) cases.
 struct VarianceOrder {
   int ptq_above = 0, ptq_cases = 0;  ///< cases with PTQ above PSQ, of those with both
   int bhq_below = 0, bhq_cases = 0;  ///< cases with BHQ below PSQ, of those with both
   std::vector<double> bhq_over_psq;  ///< BHQ/PSQ of each case, sorted
 };
 
-/// Compares the ratios of PTQ and BHQ with PSQ's at each (grid, bits) of a PSQ run.
+/// \brief Compares the ratios of PTQ and BHQ with PSQ's at each (grid, bits) of a PSQ run.
 inline VarianceOrder variance_order(const std::vector<RunResult>& results, bool at_end,
                                     int classes) {
   using Q = nn::GradInputQuantizer;
@@ -249,7 +250,8 @@ inline VarianceOrder variance_order(const std::vector<RunResult>& results, bool 
   return order;
 }
 
-/// The reading's line on the variance ordering PTQ > PSQ > BHQ, at the end or at initialisation.
+/// \brief The reading's line on the variance ordering PTQ > PSQ > BHQ, at the end or at
+/// initialisation.
 inline void read_variance_order(std::ostream& out, const std::vector<RunResult>& results,
                                 bool at_end, int classes) {
   const VarianceOrder o = variance_order(results, at_end, classes);
@@ -270,7 +272,8 @@ inline void read_variance_order(std::ostream& out, const std::vector<RunResult>&
   out << "\n";
 }
 
-/// The FQT runs whose end-of-training variance ratio is in [low, high), and the worst of them.
+/// \brief The FQT runs whose end-of-training variance ratio is in [low, high), and the worst of
+/// them.
 struct RatioBand {
   double low, high;        ///< the band of ratios
   int runs = 0;            ///< runs in the band
@@ -278,7 +281,7 @@ struct RatioBand {
   std::string worst_name;  ///< the run with that loss
 };
 
-/// Sorts the FQT runs that did not collapse into ratio bands [0, 0.1), [0.1, 1), [1, ∞);
+/// \brief Sorts the FQT runs that did not collapse into ratio bands [0, 0.1), [0.1, 1), [1, ∞);
 /// `collapsed_runs` receives the others, with their ratio at initialisation.
 inline std::vector<RatioBand> ratio_bands(const std::vector<RunResult>& results, double reference,
                                           int classes, std::vector<std::string>& collapsed_runs) {
@@ -306,7 +309,7 @@ inline std::vector<RatioBand> ratio_bands(const std::vector<RunResult>& results,
   return bands;
 }
 
-/// The reading's lines on whether the variance ratio sorts the runs by their accuracy loss.
+/// \brief The reading's lines on whether the variance ratio sorts the runs by their accuracy loss.
 inline void read_ratio_bands(std::ostream& out, const std::vector<RunResult>& results,
                              const RunResult& qat, int classes) {
   std::vector<std::string> collapsed_runs;

@@ -128,8 +128,8 @@ inline RunResult run_one(const Architecture& architecture, const RunSpec& spec,
 
 namespace detail {
 
-/// The progress style of concurrent runs: Auto resolved against `log`, and one line per epoch
-/// when several runs share it (one '\r' bar cannot show two runs).
+/// \brief The progress style of concurrent runs: Auto resolved against `log`, and one line per
+/// epoch when several runs share it (one '\r' bar cannot show two runs).
 inline ProgressStyle runs_progress_style(ProgressStyle style, std::FILE* log, int workers) {
   if (style == ProgressStyle::Auto) {
     style = is_terminal(log) ? ProgressStyle::Bar : ProgressStyle::Lines;
@@ -138,7 +138,7 @@ inline ProgressStyle runs_progress_style(ProgressStyle style, std::FILE* log, in
   return style;
 }
 
-/// The runs of a comparison as a queue that worker threads take runs from; the first failure
+/// \brief The runs of a comparison as a queue that worker threads take runs from; the first failure
 /// stops every worker at its next run and is rethrown by run().
 class RunQueue {
  public:
@@ -156,8 +156,8 @@ class RunQueue {
         width_(static_cast<int>(std::to_string(total_).size())),
         results_(runs.size()) {}
 
-  /// Trains every run with `workers` threads (the calling thread when 1) and returns the results
-  /// in the order of the runs.
+  /// \brief Trains every run with `workers` threads (the calling thread when 1) and returns the
+  /// results in the order of the runs.
   std::vector<RunResult> run(int workers) {
     if (workers <= 1) {
       const int caller_threads = fqt::num_threads();
