@@ -124,7 +124,7 @@ ZERO = b"\x80"
 
 # Harnesses whose quantizer does not pass this seed yet (a zero-aligned range of subnormals
 # loses its exact zeros); add it back once it does.
-PENDING_SUBNORMALS = ("ptq", "per_column")
+PENDING_SUBNORMALS = ()
 
 
 def quant_seeds(harness):

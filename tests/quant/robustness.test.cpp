@@ -132,7 +132,11 @@ TEMPLATE_TEST_CASE("the zero-aligned grid keeps 0 exact at extreme ratios of min
                                {TestType(-0.7), 0, TestType(0.7) * eps / 8},
                                {-Limits::max() / 2, 0, 1},
                                {-1, 0, Limits::max() / 4},
-                               {-Limits::max() / 4, 0, TestType(1e-30)}};
+                               {-Limits::max() / 4, 0, TestType(1e-30)},
+                               // Ranges so narrow that the step underflows.
+                               {-Limits::denorm_min(), 0, 0},
+                               {-Limits::denorm_min(), 0, Limits::denorm_min()},
+                               {-Limits::min() / 2, 0, Limits::denorm_min()}};
   for (int bits = 2; bits <= 8; ++bits) {
     for (const auto& c : cases) {
       Matrix<TestType> x(2, 3);

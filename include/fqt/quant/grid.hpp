@@ -105,9 +105,10 @@ AffineMap<Scalar> choose_grid(Scalar lo, Scalar hi, int max_code, Grid grid, con
   map.scale = range / b;
   map.inv_scale = b / range;
   if (!(map.scale > 0) || !std::isfinite(map.inv_scale)) {
-    // A range so small that its step underflows: treat it as constant (error ≤ hi − lo).
+    // A range so small that its step underflows: treat it as constant (error ≤ hi − lo), at 0
+    // itself on a zero-aligned grid that contains it, so that an exact 0 stays exact.
     map = AffineMap<Scalar>{};
-    map.zero_point = -lo;
+    map.zero_point = grid == Grid::ZeroAligned && lo <= 0 && hi >= 0 ? Scalar(0) : -lo;
     return map;
   }
   map.zero_point = -lo * map.inv_scale;
