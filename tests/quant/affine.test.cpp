@@ -18,14 +18,7 @@ using Quantizers =
     std::tuple<fqt::PerTensorQuantizer<Scalar>, fqt::PerSampleQuantizer<Scalar>,
                fqt::PerColumnQuantizer<Scalar>, fqt::BlockHouseholderQuantizer<Scalar>>;
 
-// Calls f(quantizer) for each of the four stochastic quantizers at the given bits and grid.
-template <class Scalar, class F>
-void for_each_quantizer(int bits, Grid grid, F&& f) {
-  f(fqt::PerTensorQuantizer<Scalar>(bits, grid));
-  f(fqt::PerSampleQuantizer<Scalar>(bits, grid));
-  f(fqt::PerColumnQuantizer<Scalar>(bits, grid));
-  f(fqt::BlockHouseholderQuantizer<Scalar>(bits, grid));
-}
+using fqt_test::for_each_quantizer;
 
 template <class Q, class Scalar>
 double largest_step(const Q& q, const Matrix<Scalar>& x) {

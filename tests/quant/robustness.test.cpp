@@ -15,14 +15,7 @@ using fqt::Philox;
 
 namespace {
 
-// Calls f(quantizer) for the four stochastic quantizers at the given bits and grid.
-template <class Scalar, class F>
-void for_each_quantizer(int bits, Grid grid, F&& f) {
-  f(fqt::PerTensorQuantizer<Scalar>(bits, grid));
-  f(fqt::PerSampleQuantizer<Scalar>(bits, grid));
-  f(fqt::PerColumnQuantizer<Scalar>(bits, grid));
-  f(fqt::BlockHouseholderQuantizer<Scalar>(bits, grid));
-}
+using fqt_test::for_each_quantizer;
 
 // The message of a domain error names the quantizer (or, for Quantized::dequantize, the transform).
 template <class Q>

@@ -11,6 +11,15 @@ namespace fqt_test {
 using fqt::Index;
 using fqt::Matrix;
 
+/// Calls f(quantizer) for each of the four stochastic quantizers at the given bits and grid.
+template <class Scalar, class F>
+void for_each_quantizer(int bits, fqt::Grid grid, F&& f) {
+  f(fqt::PerTensorQuantizer<Scalar>(bits, grid));
+  f(fqt::PerSampleQuantizer<Scalar>(bits, grid));
+  f(fqt::PerColumnQuantizer<Scalar>(bits, grid));
+  f(fqt::BlockHouseholderQuantizer<Scalar>(bits, grid));
+}
+
 /// Gaussian rows with the given scales (row i has standard deviation scales[i % size]).
 template <class Scalar>
 Matrix<Scalar> scaled_rows(Index rows, Index cols, const std::vector<double>& scales,

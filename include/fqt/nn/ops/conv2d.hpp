@@ -270,7 +270,8 @@ void conv2d_forward(const detail::ConstMatrix<Scalar>& input,
 /// sample n: grad_input_n = col2im(Ŵᵀ·Q_b1(G)_n), grad_weight += Q_b2(G)_n·columns(X̂_n)ᵀ, and
 /// grad_bias += the per-channel sums of G_n (full precision). Per-column Q_b2 takes one range per
 /// (k, oy, ox) column over the batch, as the reference does; an integer conv GEMM could factor out
-/// only per-output-channel scales, so that choice is a simulation.
+/// only per-output-channel scales (GradWeightQuantizer::PerChannel), so that choice is a
+/// simulation.
 /// \param grad_output G = ∂L/∂Y, N × (K·Ho·Wo)
 /// \param cache the cache of the matching conv2d_forward
 /// \param streams the layer's two independent streams
