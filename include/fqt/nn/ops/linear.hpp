@@ -3,15 +3,8 @@
 /// \brief Linear layer as plain functions: Y = Q_f(X)·Q_f(W)ᵀ + b and its backward (see
 /// fqt/nn/functional.hpp for the conventions of every op).
 
-#include <algorithm>
-#include <cmath>
-#include <cstdint>
-#include <limits>
-#include <vector>
-
 #include "fqt/core/error.hpp"
 #include "fqt/core/matrix.hpp"
-#include "fqt/core/parallel.hpp"
 #include "fqt/core/random.hpp"
 #include "fqt/nn/detail/kernels.hpp"
 #include "fqt/nn/policy.hpp"

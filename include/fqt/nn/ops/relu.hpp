@@ -2,18 +2,8 @@
 /// \file
 /// \brief ReLU as plain functions over any Eigen matrix.
 
-#include <algorithm>
-#include <cmath>
-#include <cstdint>
-#include <limits>
-#include <vector>
-
-#include "fqt/core/error.hpp"
 #include "fqt/core/matrix.hpp"
-#include "fqt/core/parallel.hpp"
-#include "fqt/core/random.hpp"
-#include "fqt/nn/detail/kernels.hpp"
-#include "fqt/nn/policy.hpp"
+#include "fqt/nn/detail/checks.hpp"
 
 namespace fqt {
 namespace nn {
