@@ -102,13 +102,33 @@ struct Options {
 
 // ---- the command line ---------------------------------------------------------------------------
 
+std::string join(const std::vector<std::string>& values, const char* separator) {
+  std::string joined;
+  for (const auto& v : values) joined += (joined.empty() ? "" : separator) + v;
+  return joined;
+}
+
+// "auto" and then `names`: the values --grad-weight accepts.
+std::vector<std::string> with_auto(std::vector<std::string> names) {
+  names.insert(names.begin(), "auto");
+  return names;
+}
+
+// The grad-input quantizers the comparison runs by default, e.g. "PTQ/PSQ/BHQ".
+std::string quantizer_titles() {
+  std::vector<std::string> titles;
+  for (const auto k : fqt_examples::grad_input_kinds())
+    titles.push_back(fqt_examples::kind_title(k));
+  return join(titles, "/");
+}
+
 void add_run_options(CLI::App& app, Options& o) {
   o.mode_opt = app.add_option("--mode", o.mode_name,
                               "train one model: exact, qat or fqt (default: run --compare)")
                    ->check(CLI::IsMember({"exact", "qat", "fqt"}, CLI::ignore_case));
   o.compare_opt = app.add_flag("--compare", o.compare_flag,
-                               "compare Exact, QAT and FQT (PTQ/PSQ/BHQ x bits x grids); the "
-                               "default when --mode is not given");
+                               "compare Exact, QAT and FQT (" + quantizer_titles() +
+                                   " x bits x grids); the default when --mode is not given");
   o.full_opt = app.add_flag("--full", o.full,
                             "the comparison on the whole grid: bits 8..1, all 60000 training "
                             "images, 10 epochs (about 2 hours on 2 cores)");
@@ -116,18 +136,23 @@ void add_run_options(CLI::App& app, Options& o) {
 }
 
 void add_quantization_options(CLI::App& app, Options& o) {
+  const auto grad_input_names = fqt_examples::grad_input_quantizer_names();
   o.grad_input_opt =
-      app.add_option("--grad-input", o.grad_input, "grad-input quantizer Q_b1: ptq, psq or bhq")
-          ->check(CLI::IsMember(fqt_examples::grad_input_quantizer_names(), CLI::ignore_case))
+      app.add_option("--grad-input", o.grad_input,
+                     "grad-input quantizer Q_b1: " + fqt_examples::or_list(grad_input_names))
+          ->check(CLI::IsMember(grad_input_names, CLI::ignore_case))
           ->capture_default_str();
   o.bits_opt = app.add_option("--bits,--grad-input-bits", o.bits, "grad-input bits, 1..8")
                    ->check(CLI::Range(1, 8))
                    ->capture_default_str();
+  std::vector<std::string> grad_weight_names =
+      fqt_examples::kind_names(fqt_examples::paired_grad_weight_kinds());
   o.grad_weight_opt =
       app.add_option("--grad-weight", o.grad_weight,
-                     "grad-weight quantizer Q_b2: ptq, column, or auto (the paper's pairing: ptq "
-                     "with PTQ, per-column with PSQ and BHQ)")
-          ->check(CLI::IsMember({"auto", "ptq", "column"}, CLI::ignore_case))
+                     "grad-weight quantizer Q_b2: " + join(grad_weight_names, ", ") +
+                         ", or auto (the paper's pairing: ptq with PTQ, per-column with PSQ "
+                         "and BHQ)")
+          ->check(CLI::IsMember(with_auto(grad_weight_names), CLI::ignore_case))
           ->capture_default_str();
   app.add_option("--grad-weight-bits", o.grad_weight_bits, "grad-weight bits, 1..8")
       ->check(CLI::Range(1, 8))
@@ -318,13 +343,13 @@ void resolve_policy(Options& o) {
   policy.mode =
       o.compare ? nn::Mode::FQT : nn::parse_mode(o.mode_name.empty() ? "fqt" : o.mode_name);
   policy.activation_bits = policy.weight_bits = o.forward_bits;
-  policy.grad_input_quantizer = nn::parse_grad_input_quantizer(o.grad_input);
-  policy.grad_input_bits = o.bits;
-  policy.grad_weight_bits = o.grad_weight_bits;
-  policy.grad_weight_quantizer = o.grad_weight == "auto"
-                                     ? fqt_examples::paired_grad_weight(policy.grad_input_quantizer)
-                                     : nn::parse_grad_weight_quantizer(o.grad_weight);
-  policy.gradient_grid = nn::parse_grid(o.grid);
+  policy.grad_input.kind = fqt::parse_quantizer_kind(o.grad_input);
+  policy.grad_input.bits = o.bits;
+  policy.grad_weight.bits = o.grad_weight_bits;
+  policy.grad_weight.kind = o.grad_weight == "auto"
+                                ? fqt_examples::paired_grad_weight(policy.grad_input.kind)
+                                : fqt::parse_quantizer_kind(o.grad_weight);
+  fqt_examples::set_gradient_grid(policy, nn::parse_grid(o.grid));
   o.train.validate();
   o.progress_style = fqt_train::parse_progress_style(o.progress_name);
 }
@@ -365,12 +390,6 @@ std::string join(const std::vector<int>& values, const char* separator = ",") {
   return s.str();
 }
 
-std::string join(const std::vector<std::string>& values, const char* separator) {
-  std::string joined;
-  for (const auto& v : values) joined += (joined.empty() ? "" : separator) + v;
-  return joined;
-}
-
 // The policy in words; only its forward pass when `forward_only` (evaluation).
 std::string policy_text(const nn::QuantPolicy& p, bool forward_only) {
   std::ostringstream s;
@@ -382,9 +401,9 @@ std::string policy_text(const nn::QuantPolicy& p, bool forward_only) {
     s << ", full-precision forward";
   }
   if (p.quantizes_backward() && !forward_only) {
-    s << ", grad-input " << nn::to_string(p.grad_input_quantizer) << " " << p.grad_input_bits
-      << " bits, grad-weight " << nn::to_string(p.grad_weight_quantizer) << " "
-      << p.grad_weight_bits << " bits, " << fqt_examples::grid_name(p.gradient_grid) << " grid";
+    s << ", grad-input " << fqt_examples::kind_name(p.grad_input.kind) << " " << p.grad_input.bits
+      << " bits, grad-weight " << fqt_examples::kind_name(p.grad_weight.kind) << " "
+      << p.grad_weight.bits << " bits, " << fqt_examples::grid_name(p.grad_input.grid) << " grid";
   }
   return s.str();
 }
@@ -412,7 +431,7 @@ fqt_train::CompareOptions compare_options(const Options& o) {
   options.bits = o.compare_bits;
   options.quantizers.clear();
   for (const auto& q : o.compare_quantizers) {
-    options.quantizers.push_back(nn::parse_grad_input_quantizer(q));
+    options.quantizers.push_back(fqt::parse_quantizer_kind(q));
   }
   options.grids.clear();
   for (const auto& g : o.compare_grids) options.grids.push_back(nn::parse_grid(g));

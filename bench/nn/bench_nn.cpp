@@ -15,6 +15,7 @@
 #include <vector>
 
 #include "fqt/nn/functional.hpp"
+#include "fqt/quant/catalogue.hpp"
 
 namespace {
 
@@ -142,13 +143,13 @@ void register_all() {
   };
   std::vector<Config> configs{{"exact", nn::QuantPolicy::with_mode(nn::Mode::Exact)},
                               {"qat", nn::QuantPolicy::with_mode(nn::Mode::QAT)}};
-  for (auto q : {nn::GradInputQuantizer::PerTensor, nn::GradInputQuantizer::PerSample,
-                 nn::GradInputQuantizer::BlockHouseholder}) {
+  for (const auto& k : fqt::kQuantizerKinds) {
+    if (!fqt::can_feed(k.kind, fqt::Contraction::Columns)) continue;  // not a grad-input quantizer
     for (int bits : {4, 8}) {
       nn::QuantPolicy p;
-      p.grad_input_quantizer = q;
-      p.grad_input_bits = bits;
-      configs.push_back({std::string("fqt_") + nn::to_string(q) + "_" + std::to_string(bits), p});
+      p.grad_input.kind = k.kind;
+      p.grad_input.bits = bits;
+      configs.push_back({std::string("fqt_") + k.name + "_" + std::to_string(bits), p});
     }
   }
   for (const auto& c : configs) {

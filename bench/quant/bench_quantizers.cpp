@@ -12,14 +12,17 @@
 //   BM_VarianceVsBits/<grid>/rows:128/cols:4096/bits:B
 //       exact E‖Q(G) − G‖² of every quantizer as counters (the time is that of computing them)
 //
-// Q is PTQ, PSQ, PerColumn or BHQ. The input is fqt::stats::heavy_tailed_gradient (row scales
-// log-uniform over 4 decades, half the entries exact zeros), built once per shape. Threads are
-// fqt's (fqt::set_num_threads); times are wall-clock (UseRealTime). Filter with, e.g.,
+// Q is every kind of the catalogue's table (fqt::kQuantizerKinds), by its short name in capitals:
+// PTQ, PSQ, COLUMN, CHANNEL (64 channels: blocks of 64 columns) and BHQ, each called through
+// fqt::AnyQuantizer (one visit per call). The input is fqt::stats::heavy_tailed_gradient (row
+// scales log-uniform over 4 decades, half the entries exact zeros), built once per shape. Threads
+// are fqt's (fqt::set_num_threads); times are wall-clock (UseRealTime). Filter with, e.g.,
 //   bench_quantizers --benchmark_filter='BM_Quantize/BHQ/rows:512'
 
 #include <benchmark/benchmark.h>
 
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstddef>
@@ -27,7 +30,6 @@
 #include <functional>
 #include <map>
 #include <string>
-#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -109,13 +111,27 @@ void BM_SinglePass(benchmark::State& state) {
   state.SetBytesProcessed(state.iterations() * rows * cols * 5);  // 4 bytes read, 1 written
 }
 
-template <class Quantizer>
-void BM_Quantize(benchmark::State& state) {
+// The quantizer of `kind` at `bits` on `grid`; per channel with 64 channels (the 4096 columns as
+// blocks of 64, a conv gradient of 64 output channels on 8 × 8 maps).
+fqt::AnyQuantizer<float> quantizer_of(fqt::QuantizerKind kind, int bits, fqt::Grid grid) {
+  fqt::QuantizerSpec spec{kind, bits, grid};
+  if (kind == fqt::QuantizerKind::PerChannel) spec.channels = 64;
+  return fqt::AnyQuantizer<float>(spec);
+}
+
+// The short name of `kind` in capitals, e.g. "BHQ": benchmark names and counters.
+std::string title_of(fqt::QuantizerKind kind) {
+  std::string title = fqt::kind_info(kind).name;
+  for (auto& c : title) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return title;
+}
+
+void BM_Quantize(benchmark::State& state, fqt::QuantizerKind kind) {
   const Index rows = state.range(0), cols = state.range(1);
   const int bits = static_cast<int>(state.range(2)), threads = static_cast<int>(state.range(3));
   fqt::set_num_threads(threads);
   const Matrix& x = gradient(rows, cols);
-  const Quantizer quantizer(bits);
+  const auto quantizer = quantizer_of(kind, bits, fqt::Grid::ZeroAligned);
   const fqt::Philox rng(7);
   const auto quantize = [&] {
     auto q = quantizer.quantize(x, rng);
@@ -132,8 +148,8 @@ void BM_Quantize(benchmark::State& state) {
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
   });
-  if constexpr (std::is_same_v<Quantizer, fqt::BlockHouseholderQuantizer<float>>) {
-    const fqt::PerSampleQuantizer<float> psq(bits);
+  if (kind == fqt::QuantizerKind::BlockHouseholder) {
+    const auto psq = quantizer_of(fqt::QuantizerKind::PerSample, bits, fqt::Grid::ZeroAligned);
     state.counters["vs_psq"] = paired_ratio(quantize, [&] {
       auto q = psq.quantize(x, rng);
       benchmark::DoNotOptimize(q.codes.data());
@@ -146,22 +162,21 @@ void BM_VarianceVsBits(benchmark::State& state, fqt::Grid grid) {
   const Index rows = state.range(0), cols = state.range(1);
   const int bits = static_cast<int>(state.range(2));
   const Matrix& x = gradient(rows, cols);
-  const fqt::PerTensorQuantizer<float> ptq(bits, grid);
-  const fqt::PerSampleQuantizer<float> psq(bits, grid);
-  const fqt::PerColumnQuantizer<float> per_column(bits, grid);
-  const fqt::BlockHouseholderQuantizer<float> bhq(bits, grid);
-  double v_ptq = 0, v_psq = 0, v_col = 0, v_bhq = 0;
+  std::vector<fqt::AnyQuantizer<float>> quantizers;
+  for (const auto& k : fqt::kQuantizerKinds) quantizers.push_back(quantizer_of(k.kind, bits, grid));
+  std::vector<double> variance(quantizers.size());
   for (auto _ : state) {
-    v_ptq = ptq.expected_variance(x);
-    v_psq = psq.expected_variance(x);
-    v_col = per_column.expected_variance(x);
-    v_bhq = bhq.expected_variance(x);
-    benchmark::DoNotOptimize(v_bhq);
+    for (std::size_t i = 0; i < quantizers.size(); ++i) {
+      variance[i] = quantizers[i].expected_variance(x);
+    }
+    benchmark::DoNotOptimize(variance.data());
   }
-  state.counters["PTQ"] = v_ptq;
-  state.counters["PSQ"] = v_psq;
-  state.counters["PerColumn"] = v_col;
-  state.counters["BHQ"] = v_bhq;
+  for (std::size_t i = 0; i < quantizers.size(); ++i) {
+    state.counters[title_of(fqt::kQuantizerKinds[i].kind)] = variance[i];
+  }
+  const auto of = [&](fqt::QuantizerKind kind) { return variance[static_cast<std::size_t>(kind)]; };
+  const double v_ptq = of(fqt::QuantizerKind::PerTensor), v_psq = of(fqt::QuantizerKind::PerSample);
+  const double v_bhq = of(fqt::QuantizerKind::BlockHouseholder);
   state.counters["PTQ/BHQ"] = v_ptq / v_bhq;
   state.counters["PSQ/BHQ"] = v_psq / v_bhq;
   state.counters["bits_saved"] = std::log(v_ptq / v_bhq) / std::log(4.0);
@@ -170,9 +185,8 @@ void BM_VarianceVsBits(benchmark::State& state, fqt::Grid grid) {
 const std::vector<std::vector<std::int64_t>> kShapesBitsThreads = {
     {128, 512, 4096}, {4096}, {4, 8}, {1, 2}};
 
-template <class Quantizer>
-void register_quantizer(const std::string& name) {
-  benchmark::RegisterBenchmark(("BM_Quantize/" + name).c_str(), BM_Quantize<Quantizer>)
+void register_quantizer(fqt::QuantizerKind kind) {
+  benchmark::RegisterBenchmark(("BM_Quantize/" + title_of(kind)).c_str(), BM_Quantize, kind)
       ->ArgNames({"rows", "cols", "bits", "threads"})
       ->ArgsProduct(kShapesBitsThreads)
       ->UseRealTime()
@@ -185,10 +199,7 @@ void register_quantizer(const std::string& name) {
       ->ArgsProduct({{128, 512, 4096}, {4096}, {1, 2}})
       ->UseRealTime()
       ->Unit(benchmark::kMillisecond);
-  register_quantizer<fqt::PerTensorQuantizer<float>>("PTQ");
-  register_quantizer<fqt::PerSampleQuantizer<float>>("PSQ");
-  register_quantizer<fqt::PerColumnQuantizer<float>>("PerColumn");
-  register_quantizer<fqt::BlockHouseholderQuantizer<float>>("BHQ");
+  for (const auto& k : fqt::kQuantizerKinds) register_quantizer(k.kind);
   for (const fqt::Grid grid : {fqt::Grid::Free, fqt::Grid::ZeroAligned}) {
     const std::string name =
         std::string("BM_VarianceVsBits/") + (grid == fqt::Grid::Free ? "Free" : "ZeroAligned");

@@ -1,24 +1,54 @@
 #pragma once
 /// \file
-/// \brief Shared by the examples: the paper's gradient quantizers and grids as data — their lists,
-/// their names (command-line and display spellings) and the grad-weight quantizer each grad-input
-/// quantizer is paired with.
+/// \brief Shared by the examples: the paper's gradient quantizers and grids as data — their lists
+/// (the quantizer lists come from the catalogue's table, fqt::kQuantizerKinds), their names
+/// (command-line and display spellings) and the grad-weight quantizer each grad-input quantizer
+/// is paired with.
 
+#include <algorithm>
+#include <cctype>
 #include <string>
 #include <vector>
 
 #include "fqt/nn/policy.hpp"
+#include "fqt/quant/catalogue.hpp"
 #include "fqt/quant/grid.hpp"
 
 namespace fqt_examples {
 
-/// \brief The grad-input quantizers the examples compare, in table order: PTQ, PSQ, BHQ.
-inline const std::vector<fqt::nn::GradInputQuantizer> kGradInputQuantizers = {
-    fqt::nn::GradInputQuantizer::PerTensor, fqt::nn::GradInputQuantizer::PerSample,
-    fqt::nn::GradInputQuantizer::BlockHouseholder};
+/// \brief The kinds of the table whose scales are constant along `contraction`, in table order.
+inline std::vector<fqt::QuantizerKind> kinds_feeding(fqt::Contraction contraction) {
+  std::vector<fqt::QuantizerKind> kinds;
+  for (const auto& k : fqt::kQuantizerKinds) {
+    if (fqt::can_feed(k.kind, contraction)) kinds.push_back(k.kind);
+  }
+  return kinds;
+}
+
+/// \brief The grad-input quantizers the examples compare, in table order (PTQ, PSQ, BHQ): the
+/// kinds whose scales are constant along the columns of G, which Q_b1(G)·W contracts.
+inline std::vector<fqt::QuantizerKind> grad_input_kinds() {
+  return kinds_feeding(fqt::Contraction::Columns);
+}
 
 /// \brief The gradient grids, in table order: the paper's Free grid, then fqt's zero-aligned grid.
 inline const std::vector<fqt::Grid> kGrids = {fqt::Grid::Free, fqt::Grid::ZeroAligned};
+
+/// \brief The short name of a kind ("ptq", "psq", "column", "channel", "bhq"), the spelling
+/// fqt::parse_quantizer_kind accepts (command lines, run names, tables).
+inline const char* kind_name(fqt::QuantizerKind kind) { return fqt::kind_info(kind).name; }
+
+/// \brief The short name in capitals, e.g. "BHQ" (plot keys, help texts).
+inline std::string kind_title(fqt::QuantizerKind kind) {
+  std::string title = kind_name(kind);
+  for (auto& c : title) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
+  return title;
+}
+
+/// \brief The position of `kind` in `kinds` (kinds.size() when absent).
+inline std::size_t position(const std::vector<fqt::QuantizerKind>& kinds, fqt::QuantizerKind kind) {
+  return static_cast<std::size_t>(std::find(kinds.begin(), kinds.end(), kind) - kinds.begin());
+}
 
 /// \brief "free" or "zero", the names nn::parse_grid accepts (command lines, run names, tables).
 inline const char* grid_name(fqt::Grid grid) { return grid == fqt::Grid::Free ? "free" : "zero"; }
@@ -28,11 +58,16 @@ inline const char* grid_title(fqt::Grid grid) {
   return grid == fqt::Grid::Free ? "Free" : "ZeroAligned";
 }
 
-/// \brief The names of kGradInputQuantizers: "ptq", "psq", "bhq".
-inline std::vector<std::string> grad_input_quantizer_names() {
+/// \brief The short names of `kinds`, in their order.
+inline std::vector<std::string> kind_names(const std::vector<fqt::QuantizerKind>& kinds) {
   std::vector<std::string> names;
-  for (const auto q : kGradInputQuantizers) names.emplace_back(fqt::nn::to_string(q));
+  for (const auto k : kinds) names.emplace_back(kind_name(k));
   return names;
+}
+
+/// \brief The names of grad_input_kinds(): "ptq", "psq", "bhq".
+inline std::vector<std::string> grad_input_quantizer_names() {
+  return kind_names(grad_input_kinds());
 }
 
 /// \brief The names of kGrids: "free", "zero".
@@ -42,12 +77,40 @@ inline std::vector<std::string> grid_names() {
   return names;
 }
 
-/// \brief The paper's grad-weight quantizer for a grad-input quantizer: PTQ with PTQ, per-column
-/// with PSQ and BHQ (their per-sample scales do not factor out of the weight gradient).
-inline fqt::nn::GradWeightQuantizer paired_grad_weight(fqt::nn::GradInputQuantizer grad_input) {
-  return grad_input == fqt::nn::GradInputQuantizer::PerTensor
-             ? fqt::nn::GradWeightQuantizer::PerTensor
-             : fqt::nn::GradWeightQuantizer::PerColumn;
+/// \brief The paper's grad-weight quantizer for a grad-input quantizer: the same kind when its
+/// scales also factor out of the weight gradient Q_b2(G)ᵀ·X (PTQ with PTQ), else per-column (PSQ
+/// and BHQ, whose per-sample scales do not).
+inline fqt::QuantizerKind paired_grad_weight(fqt::QuantizerKind grad_input) {
+  return fqt::can_feed(grad_input, fqt::Contraction::Rows) ? grad_input
+                                                           : fqt::QuantizerKind::PerColumn;
+}
+
+/// \brief The grad-weight quantizers paired_grad_weight gives the grad-input kinds, in table
+/// order: "ptq" and "column".
+inline std::vector<fqt::QuantizerKind> paired_grad_weight_kinds() {
+  std::vector<fqt::QuantizerKind> paired;
+  for (const auto k : grad_input_kinds()) paired.push_back(paired_grad_weight(k));
+  std::vector<fqt::QuantizerKind> kinds;
+  for (const auto& k : fqt::kQuantizerKinds) {
+    if (std::find(paired.begin(), paired.end(), k.kind) != paired.end()) kinds.push_back(k.kind);
+  }
+  return kinds;
+}
+
+/// \brief Sets the grid of both gradient quantizers, Q_b1 and Q_b2.
+inline void set_gradient_grid(fqt::nn::QuantPolicy& policy, fqt::Grid grid) {
+  policy.grad_input.grid = grid;
+  policy.grad_weight.grid = grid;
+}
+
+/// \brief `names` joined as a list in words: "a", "a or b", "a, b or c".
+inline std::string or_list(const std::vector<std::string>& names) {
+  std::string text;
+  for (std::size_t i = 0; i < names.size(); ++i) {
+    if (i > 0) text += i + 1 == names.size() ? " or " : ", ";
+    text += names[i];
+  }
+  return text;
 }
 
 }  // namespace fqt_examples

@@ -63,11 +63,11 @@ inline void write_csv_row(std::ostream& out, std::size_t number, const RunResult
   const auto& p = r.spec.policy;
   const bool fqt = p.mode == nn::Mode::FQT;
   out << number << "," << r.spec.name << "," << nn::to_string(p.mode) << ","
-      << (fqt ? nn::to_string(p.grad_input_quantizer) : "none") << ","
-      << (fqt ? p.grad_input_bits : 32) << ","
-      << (fqt ? nn::to_string(p.grad_weight_quantizer) : "none") << ","
-      << (fqt ? p.grad_weight_bits : 32) << "," << (p.quantizes_forward() ? p.activation_bits : 32)
-      << "," << (fqt ? fqt_examples::grid_name(p.gradient_grid) : "none") << ","
+      << (fqt ? fqt_examples::kind_name(p.grad_input.kind) : "none") << ","
+      << (fqt ? p.grad_input.bits : 32) << ","
+      << (fqt ? fqt_examples::kind_name(p.grad_weight.kind) : "none") << ","
+      << (fqt ? p.grad_weight.bits : 32) << "," << (p.quantizes_forward() ? p.activation_bits : 32)
+      << "," << (fqt ? fqt_examples::grid_name(p.grad_input.grid) : "none") << ","
       << options.train.seed << "," << options.train.epochs << "," << train_size << "," << test_size
       << "," << options.train.batch_size << "," << num(options.train.learning_rate) << ","
       << num(accuracy_or_nan(r)) << "," << num(r.train.final_train_loss) << ","

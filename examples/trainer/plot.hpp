@@ -4,7 +4,6 @@
 /// against the grad-input bit width.
 
 #include <algorithm>
-#include <cctype>
 #include <cmath>
 #include <sstream>
 #include <string>
@@ -22,7 +21,7 @@ namespace detail {
 
 /// \brief The FQT runs of one quantizer and grid: one line of a plot, sorted by bit width.
 struct PlotSeries {
-  nn::GradInputQuantizer quantizer;    ///< grad-input quantizer
+  fqt::QuantizerKind quantizer;        ///< grad-input quantizer
   fqt::Grid grid;                      ///< gradient grid
   std::vector<const RunResult*> runs;  ///< by increasing grad-input bits
 };
@@ -36,7 +35,7 @@ inline std::vector<PlotSeries> plot_series(const std::vector<RunResult>& results
       if (is_fqt_run(r, q, grid)) s.runs.push_back(&r);
     }
     std::sort(s.runs.begin(), s.runs.end(), [](const RunResult* a, const RunResult* b) {
-      return a->spec.policy.grad_input_bits < b->spec.policy.grad_input_bits;
+      return a->spec.policy.grad_input.bits < b->spec.policy.grad_input.bits;
     });
     series.push_back(std::move(s));
   }
@@ -56,7 +55,7 @@ inline std::string plot_data(const std::vector<PlotSeries>& series, bool varianc
   for (std::size_t i = 0; i < series.size(); ++i) {
     s << "$s" << i << " << EOD\n";
     for (const RunResult* r : series[i].runs) {
-      s << r->spec.policy.grad_input_bits << " ";
+      s << r->spec.policy.grad_input.bits << " ";
       if (variance) {
         const bool dead = collapsed(*r, classes);
         s << plot_positive(r->initial.ratio()) << " "
@@ -70,11 +69,12 @@ inline std::string plot_data(const std::vector<PlotSeries>& series, bool varianc
   return s.str();
 }
 
-/// \brief The line style of a series: a colour and point type per quantizer, dashed on the Free
-/// grid.
+/// \brief The line style of a series: a colour and point type per quantizer (by its place among
+/// the grad-input kinds), dashed on the Free grid.
 inline std::string plot_style(const PlotSeries& series) {
   static const char* const colors[] = {"#d62728", "#1f77b4", "#2ca02c"};
-  const int q = static_cast<int>(series.quantizer);
+  const int q =
+      static_cast<int>(fqt_examples::position(fqt_examples::grad_input_kinds(), series.quantizer));
   std::ostringstream s;
   s << "lw 2 pt " << 5 + 2 * q << " lc rgb '" << colors[q % 3] << "' dt "
     << (series.grid == fqt::Grid::Free ? 2 : 1);
@@ -83,9 +83,8 @@ inline std::string plot_style(const PlotSeries& series) {
 
 /// \brief The key of a series, e.g. "BHQ (zero)".
 inline std::string plot_title(const PlotSeries& series) {
-  std::string t = nn::to_string(series.quantizer);
-  for (auto& c : t) c = static_cast<char>(std::toupper(static_cast<unsigned char>(c)));
-  return t + " (" + fqt_examples::grid_name(series.grid) + ")";
+  return fqt_examples::kind_title(series.quantizer) + " (" + fqt_examples::grid_name(series.grid) +
+         ")";
 }
 
 /// \brief The plot command's terms of every series for data column `column`, each followed by ",

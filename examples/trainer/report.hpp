@@ -59,7 +59,7 @@ inline bool collapsed(const RunResult& r, int classes) {
 }
 
 /// \brief A (grad-input quantizer, grid) pair: one line of the pivot, the reading and the plots.
-using QuantizerGrid = std::pair<nn::GradInputQuantizer, fqt::Grid>;
+using QuantizerGrid = std::pair<fqt::QuantizerKind, fqt::Grid>;
 
 /// \brief The (quantizer, grid) pairs of the FQT runs, in the order they first appear.
 inline std::vector<QuantizerGrid> quantizer_grids(const std::vector<RunResult>& results) {
@@ -67,16 +67,16 @@ inline std::vector<QuantizerGrid> quantizer_grids(const std::vector<RunResult>& 
   for (const auto& r : results) {
     const auto& p = r.spec.policy;
     if (p.mode != nn::Mode::FQT) continue;
-    const auto key = std::make_pair(p.grad_input_quantizer, p.gradient_grid);
+    const auto key = std::make_pair(p.grad_input.kind, p.grad_input.grid);
     if (std::find(keys.begin(), keys.end(), key) == keys.end()) keys.push_back(key);
   }
   return keys;
 }
 
 /// \brief True for an FQT run of quantizer `q` on `grid`.
-inline bool is_fqt_run(const RunResult& r, nn::GradInputQuantizer q, fqt::Grid grid) {
+inline bool is_fqt_run(const RunResult& r, fqt::QuantizerKind q, fqt::Grid grid) {
   const auto& p = r.spec.policy;
-  return p.mode == nn::Mode::FQT && p.grad_input_quantizer == q && p.gradient_grid == grid;
+  return p.mode == nn::Mode::FQT && p.grad_input.kind == q && p.grad_input.grid == grid;
 }
 
 /// \brief One row of the table of every run.
@@ -84,11 +84,11 @@ inline void write_run_row(std::ostream& out, const RunResult& r, double qat_accu
   const auto& p = r.spec.policy;
   const bool fqt = p.mode == nn::Mode::FQT;
   const double acc = accuracy_or_nan(r);
-  out << "| " << r.spec.name << " | " << (fqt ? nn::to_string(p.grad_input_quantizer) : "-")
-      << " | " << (fqt ? std::to_string(p.grad_input_bits) : "-") << " | "
-      << (fqt ? fqt_examples::grid_name(p.gradient_grid) : "-") << " | "
-      << (fqt ? std::string(nn::to_string(p.grad_weight_quantizer)) + " " +
-                    std::to_string(p.grad_weight_bits)
+  out << "| " << r.spec.name << " | " << (fqt ? fqt_examples::kind_name(p.grad_input.kind) : "-")
+      << " | " << (fqt ? std::to_string(p.grad_input.bits) : "-") << " | "
+      << (fqt ? fqt_examples::grid_name(p.grad_input.grid) : "-") << " | "
+      << (fqt ? std::string(fqt_examples::kind_name(p.grad_weight.kind)) + " " +
+                    std::to_string(p.grad_weight.bits)
               : std::string("-"))
       << " | " << (std::isfinite(acc) ? fixed(100 * acc, 2) + "%" : "n/a")
       << (r.train.diverged ? " (diverged)" : "") << " | "
@@ -101,11 +101,11 @@ inline void write_run_row(std::ostream& out, const RunResult& r, double qat_accu
 }
 
 /// \brief The pivot's cell of quantizer `q` on `grid` at `bits`: "accuracy (ratio at the end)".
-inline std::string pivot_cell(const std::vector<RunResult>& results, nn::GradInputQuantizer q,
+inline std::string pivot_cell(const std::vector<RunResult>& results, fqt::QuantizerKind q,
                               fqt::Grid grid, int bits) {
   std::string cell = " ";
   for (const auto& r : results) {
-    if (is_fqt_run(r, q, grid) && r.spec.policy.grad_input_bits == bits) {
+    if (is_fqt_run(r, q, grid) && r.spec.policy.grad_input.bits == bits) {
       const double acc = accuracy_or_nan(r);
       cell = (std::isfinite(acc) ? fixed(100 * acc, 1) : std::string("n/a")) + " (" +
              general(r.final.ratio(), 2) + ")";
@@ -134,7 +134,7 @@ inline void write_pivot(std::ostream& out, const std::vector<RunResult>& results
   if (rows.empty()) return;
   std::vector<int> bits;
   for (const auto& r : results) {
-    const int b = r.spec.policy.grad_input_bits;
+    const int b = r.spec.policy.grad_input.bits;
     if (r.spec.policy.mode == nn::Mode::FQT && std::find(bits.begin(), bits.end(), b) == bits.end())
       bits.push_back(b);
   }
@@ -145,7 +145,7 @@ inline void write_pivot(std::ostream& out, const std::vector<RunResult>& results
   for (std::size_t i = 0; i < bits.size(); ++i) out << "--:|";
   out << "\n";
   for (const auto& [q, grid] : rows) {
-    out << "| " << nn::to_string(q) << " | " << fqt_examples::grid_name(grid) << " |";
+    out << "| " << fqt_examples::kind_name(q) << " | " << fqt_examples::grid_name(grid) << " |";
     for (const int b : bits) out << " " << detail::pivot_cell(results, q, grid, b) << " |";
     out << "\n";
   }
@@ -171,12 +171,12 @@ inline void read_baselines(std::ostream& out, const RunResult* exact, const RunR
 
 /// \brief The lowest bit width down to which every run of `q` on `grid` stays within `tolerance` of
 /// `reference` (0: none).
-inline int lowest_bits_within(const std::vector<RunResult>& results, nn::GradInputQuantizer q,
+inline int lowest_bits_within(const std::vector<RunResult>& results, fqt::QuantizerKind q,
                               fqt::Grid grid, double reference, double tolerance) {
   std::vector<std::pair<int, double>> by_bits;
   for (const auto& r : results) {
     if (is_fqt_run(r, q, grid))
-      by_bits.emplace_back(r.spec.policy.grad_input_bits, accuracy_or_nan(r));
+      by_bits.emplace_back(r.spec.policy.grad_input.bits, accuracy_or_nan(r));
   }
   std::sort(by_bits.rbegin(), by_bits.rend());
   int lowest = 0;
@@ -197,7 +197,7 @@ inline void read_lowest_bits(std::ostream& out, const std::vector<RunResult>& re
       << fixed(100 * tolerance, 1) << " point of QAT (every wider run too):";
   for (const auto& [q, grid] : keys) {
     const int lowest = lowest_bits_within(results, q, grid, ref, tolerance);
-    out << " " << nn::to_string(q) << "/" << fqt_examples::grid_name(grid) << " "
+    out << " " << fqt_examples::kind_name(q) << "/" << fqt_examples::grid_name(grid) << " "
         << (lowest > 0 ? std::to_string(lowest) + " bits" : std::string("none")) << ";";
   }
   out << "\n";
@@ -205,10 +205,10 @@ inline void read_lowest_bits(std::ostream& out, const std::vector<RunResult>& re
 
 /// \brief The variance ratio of the FQT run (q, grid, bits), at the end or at initialisation; NaN
 /// when there is none (or, at the end, when it collapsed).
-inline double ratio_of(const std::vector<RunResult>& results, nn::GradInputQuantizer q,
-                       fqt::Grid grid, int bits, bool at_end, int classes) {
+inline double ratio_of(const std::vector<RunResult>& results, fqt::QuantizerKind q, fqt::Grid grid,
+                       int bits, bool at_end, int classes) {
   for (const auto& r : results) {
-    if (is_fqt_run(r, q, grid) && r.spec.policy.grad_input_bits == bits &&
+    if (is_fqt_run(r, q, grid) && r.spec.policy.grad_input.bits == bits &&
         !(at_end && collapsed(r, classes))) {
       return at_end ? r.final.ratio() : r.initial.ratio();
     }
@@ -226,13 +226,13 @@ struct VarianceOrder {
 /// \brief Compares the ratios of PTQ and BHQ with PSQ's at each (grid, bits) of a PSQ run.
 inline VarianceOrder variance_order(const std::vector<RunResult>& results, bool at_end,
                                     int classes) {
-  using Q = nn::GradInputQuantizer;
+  using Q = fqt::QuantizerKind;
   VarianceOrder order;
   for (const auto& r : results) {
     const auto& p = r.spec.policy;
-    if (p.mode != nn::Mode::FQT || p.grad_input_quantizer != Q::PerSample) continue;
+    if (p.mode != nn::Mode::FQT || p.grad_input.kind != Q::PerSample) continue;
     const auto ratio = [&](Q q) {
-      return ratio_of(results, q, p.gradient_grid, p.grad_input_bits, at_end, classes);
+      return ratio_of(results, q, p.grad_input.grid, p.grad_input.bits, at_end, classes);
     };
     const double psq = ratio(Q::PerSample), ptq = ratio(Q::PerTensor);
     const double bhq = ratio(Q::BlockHouseholder);

@@ -41,8 +41,8 @@ struct CompareOptions {
   TrainOptions train;  ///< shared by every run (train.policy supplies the forward and grad-weight
                        ///< bits; its mode and quantizers are set per run)
   std::vector<int> bits = {8, 5, 4, 3, 2};  ///< grad-input bit widths of the FQT runs
-  std::vector<nn::GradInputQuantizer> quantizers =
-      fqt_examples::kGradInputQuantizers;               ///< grad-input quantizers
+  std::vector<fqt::QuantizerKind> quantizers =
+      fqt_examples::grad_input_kinds();                 ///< grad-input quantizers
   std::vector<fqt::Grid> grids = fqt_examples::kGrids;  ///< gradient grids
   bool baselines = true;                                ///< include the Exact and QAT runs
   VarianceOptions variance;  ///< K and M of the variance profile (batch size and seed: train's)
@@ -54,6 +54,11 @@ struct CompareOptions {
     train.validate();
     for (const int b : bits)
       fqt::check(b >= 1 && b <= 8, kWhere, "bits must be in [1, 8], got ", b);
+    for (const auto q : quantizers) {
+      fqt::check(fqt::can_feed(q, fqt::Contraction::Columns), kWhere, "quantizer '",
+                 fqt_examples::kind_name(q), "' is no grad-input quantizer (expected ",
+                 fqt::quantizer_kind_names(fqt::Contraction::Columns), ")");
+    }
     fqt::check(baselines || (!bits.empty() && !quantizers.empty() && !grids.empty()), kWhere,
                "nothing to compare: no baselines and no FQT configuration");
     fqt::check(workers >= 1, kWhere, "workers must be >= 1, got ", workers);
@@ -82,11 +87,11 @@ inline std::vector<RunSpec> compare_runs(const CompareOptions& options) {
         RunSpec r;
         r.policy = base;
         r.policy.mode = nn::Mode::FQT;
-        r.policy.grad_input_quantizer = q;
-        r.policy.grad_input_bits = bits;
-        r.policy.grad_weight_quantizer = fqt_examples::paired_grad_weight(q);
-        r.policy.gradient_grid = grid;
-        r.name = std::string(nn::to_string(q)) + "-" + std::to_string(bits) + "-" +
+        r.policy.grad_input.kind = q;
+        r.policy.grad_input.bits = bits;
+        r.policy.grad_weight.kind = fqt_examples::paired_grad_weight(q);
+        fqt_examples::set_gradient_grid(r.policy, grid);
+        r.name = std::string(fqt_examples::kind_name(q)) + "-" + std::to_string(bits) + "-" +
                  fqt_examples::grid_name(grid);
         runs.push_back(r);
       }

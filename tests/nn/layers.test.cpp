@@ -113,8 +113,8 @@ TEST_CASE("A per-layer policy overrides the model policy", "[nn][layers][policy]
   auto fqt_model = build();
   auto qat_model = build();
   nn::QuantPolicy fqt4;
-  fqt4.grad_input_bits = 2;
-  fqt4.grad_weight_bits = 2;
+  fqt4.grad_input.bits = 2;
+  fqt4.grad_weight.bits = 2;
   const auto qat_grads = grads(qat_model, nn::QuantPolicy::with_mode(nn::Mode::QAT));
   const auto fqt_grads = grads(fqt_model, fqt4);
   CHECK(fqt_grads[0] != qat_grads[0]);

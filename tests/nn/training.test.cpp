@@ -4,6 +4,7 @@
 
 #include "fqt/core/parallel.hpp"
 #include "fqt/nn.hpp"
+#include "support/kinds.hpp"
 #include "support/nn_gradcheck.hpp"
 
 using fqt::Index;
@@ -33,10 +34,8 @@ void stripes(Index n, Matrix<float>& images, std::vector<int>& labels) {
 }  // namespace
 
 TEST_CASE("A two-layer network trains to low loss in FQT mode at 8 bits", "[nn][training]") {
-  const auto quantizer =
-      GENERATE(nn::GradInputQuantizer::PerTensor, nn::GradInputQuantizer::PerSample,
-               nn::GradInputQuantizer::BlockHouseholder);
-  CAPTURE(nn::to_string(quantizer));
+  const auto quantizer = GENERATE(from_range(fqt_test::grad_input_kinds()));
+  CAPTURE(fqt::kind_info(quantizer).name);
   Matrix<float> x;
   std::vector<int> labels;
   blobs(256, 1, x, labels);
@@ -46,7 +45,7 @@ TEST_CASE("A two-layer network trains to low loss in FQT mode at 8 bits", "[nn][
   model.emplace<nn::ReLU<float>>();
   model.emplace<nn::Linear<float>>(32, 4, Philox(3).substream(1));
   nn::Context context;
-  context.policy.grad_input_quantizer = quantizer;  // 8-bit everything
+  context.policy.grad_input.kind = quantizer;  // 8-bit everything
   context.rng = Philox(10);
   nn::SGD<float> sgd(model.parameters(), {0.1, 0.9, false, 0.0});
 
@@ -98,8 +97,8 @@ TEST_CASE("The same seed gives bit-identical weights with 1 and 2 threads",
     model.emplace<nn::ReLU<float>>();
     model.emplace<nn::Linear<float>>(128, 10, init.substream(3));
     nn::Context context;
-    context.policy.grad_input_bits = 4;
-    context.policy.grad_weight_quantizer = nn::GradWeightQuantizer::PerColumn;
+    context.policy.grad_input.bits = 4;
+    context.policy.grad_weight.kind = fqt::QuantizerKind::PerColumn;
     context.rng = Philox(seed);
     nn::SGD<float> sgd(model.parameters(), {0.05, 0.9, true, 1e-4});
     for (std::uint64_t step = 0; step < 4; ++step) {
@@ -166,7 +165,7 @@ TEST_CASE("The autograd training loop of the README compiles and learns", "[nn][
   model.emplace<nn::Linear<float>>(8 * 4 * 4, 2, init.substream(1));
 
   nn::Context context;  // policy: FQT, BHQ 8-bit (context.policy)
-  context.policy.grad_input_bits = 5;
+  context.policy.grad_input.bits = 5;
   model[4].set_policy(nn::QuantPolicy{});  // keep the last layer at 8 bits
   context.rng = fqt::Philox(2024);
   nn::SGD<float> sgd(model.parameters(), {0.05, 0.9, /*nesterov=*/true, /*weight_decay=*/5e-4});

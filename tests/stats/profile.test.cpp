@@ -7,6 +7,7 @@
 #include <iostream>
 
 #include "fqt/nn.hpp"
+#include "support/kinds.hpp"
 #include "support/nn_gradcheck.hpp"
 
 using fqt::Index;
@@ -44,11 +45,11 @@ stats::Batch<double> random_batch(std::uint64_t seed) {
           nn_test::random_labels(kBatch, 5, seed)};
 }
 
-nn::QuantPolicy fqt_policy(nn::GradInputQuantizer q, int bits) {
+nn::QuantPolicy fqt_policy(fqt::QuantizerKind q, int bits) {
   nn::QuantPolicy p;
-  p.grad_input_quantizer = q;
-  p.grad_input_bits = bits;
-  p.grad_weight_bits = bits;
+  p.grad_input.kind = q;
+  p.grad_input.bits = bits;
+  p.grad_weight.bits = bits;
   return p;
 }
 
@@ -73,10 +74,8 @@ double conv_quantization_variance(const stats::GradientProfile& p) {
 
 TEST_CASE("Theorem 1: the mean FQT gradient equals the QAT gradient within 6 standard errors",
           "[stats][profile][statistical]") {
-  const auto quantizer =
-      GENERATE(nn::GradInputQuantizer::PerTensor, nn::GradInputQuantizer::PerSample,
-               nn::GradInputQuantizer::BlockHouseholder);
-  const char* name = nn::to_string(quantizer);
+  const auto quantizer = GENERATE(from_range(fqt_test::grad_input_kinds()));
+  const char* name = fqt::kind_info(quantizer).name;
   CAPTURE(name);
   auto model = conv_linear_model();
   const auto batch = random_batch(1);
@@ -106,7 +105,7 @@ TEST_CASE("Theorem 1: the mean FQT gradient equals the QAT gradient within 6 sta
 
   SECTION("round-to-nearest gradients are biased and the check detects it") {
     auto nearest = policy;
-    nearest.gradient_rounding = nn::GradientRounding::Nearest;
+    nearest.grad_input.rounding = nearest.grad_weight.rounding = fqt::RoundingMode::Nearest;
     const auto biased = stats::profile_gradients(model, batch, {}, nearest, options(8, 3));
     CHECK_FALSE(biased.consistent_with_unbiased());
     for (std::size_t i = 0; i < profile.tensors.size(); ++i) {
@@ -136,10 +135,8 @@ TEST_CASE("Theorem 1: the mean FQT gradient equals the QAT gradient within 6 sta
 
 TEST_CASE("Theorem 2: the quantization variance falls about 4x per extra gradient bit",
           "[stats][profile][statistical]") {
-  const auto quantizer =
-      GENERATE(nn::GradInputQuantizer::PerTensor, nn::GradInputQuantizer::PerSample,
-               nn::GradInputQuantizer::BlockHouseholder);
-  const char* name = nn::to_string(quantizer);
+  const auto quantizer = GENERATE(from_range(fqt_test::grad_input_kinds()));
+  const char* name = fqt::kind_info(quantizer).name;
   CAPTURE(name);
   auto model = conv_linear_model();
   const auto batch = random_batch(4);
@@ -182,7 +179,7 @@ TEST_CASE("The profiler's variance and its standard error agree with the exact v
   const auto batch = random_batch(12);
   const int bits = GENERATE(3, 5, 8);
   CAPTURE(bits);
-  const auto policy = fqt_policy(nn::GradInputQuantizer::BlockHouseholder, bits);
+  const auto policy = fqt_policy(fqt::QuantizerKind::BlockHouseholder, bits);
   // The forward pass of the model in QAT gives X̂ (the last layer's quantized input) and G.
   nn::Tape<double> tape;
   nn::Context context;
@@ -254,15 +251,16 @@ TEST_CASE("Theorem 2: BHQ < PSQ < PTQ at 4 bits when a few samples have large lo
   const char* grid_name = grid == fqt::Grid::Free ? "free" : "zero-aligned";
   CAPTURE(grid_name);
   std::vector<double> variance;
-  for (auto q : {nn::GradInputQuantizer::PerTensor, nn::GradInputQuantizer::PerSample,
-                 nn::GradInputQuantizer::BlockHouseholder}) {
+  // The ordering is the paper's claim about these three quantizers, so they are named here.
+  for (auto q : {fqt::QuantizerKind::PerTensor, fqt::QuantizerKind::PerSample,
+                 fqt::QuantizerKind::BlockHouseholder}) {
     nn::QuantPolicy policy;  // grad-weight stays PTQ at 8 bits, as in the paper
-    policy.grad_input_quantizer = q;
-    policy.grad_input_bits = 4;
-    policy.gradient_grid = grid;
+    policy.grad_input.kind = q;
+    policy.grad_input.bits = 4;
+    policy.grad_input.grid = policy.grad_weight.grid = grid;
     const auto p = stats::profile_gradients(model, batch, {}, policy, options(128, 7));
     variance.push_back(conv_quantization_variance(p));
-    report() << "theorem2 " << grid_name << " " << nn::to_string(q)
+    report() << "theorem2 " << grid_name << " " << fqt::kind_info(q).name
              << " 4-bit: quantization variance of the conv gradients " << variance.back() << "\n";
   }
   CAPTURE(variance[0], variance[1], variance[2]);
@@ -285,9 +283,8 @@ TEST_CASE("profile_gradients reports sampling variance and leaves the model as i
   params[0].variable.accumulate_grad(Matrix<double>::Constant(4, 18, 3.0));
   const auto before = params[0].variable.value();
 
-  const auto p = stats::profile_gradients(model, batch, batches,
-                                          fqt_policy(nn::GradInputQuantizer::BlockHouseholder, 8),
-                                          options(8, 9));
+  const auto p = stats::profile_gradients(
+      model, batch, batches, fqt_policy(fqt::QuantizerKind::BlockHouseholder, 8), options(8, 9));
   CHECK(p.fqt_passes == 8);
   CHECK(p.sampling_batches == 6);
   CHECK(p.sampling_variance() > 0);

@@ -147,7 +147,7 @@ TEST_CASE("Training is reproducible and independent of the thread count", "[trai
   const Dataset data = synthetic(96, 1);
   const auto arch = tiny_architecture(data);
   auto options = fast_options(nn::Mode::FQT);
-  options.policy.grad_input_bits = 4;
+  options.policy.grad_input.bits = 4;
   fqt_train::Progress quiet(fqt_train::ProgressStyle::None);
 
   auto train_with = [&](int threads) {
@@ -354,22 +354,44 @@ TEST_CASE("Bad training options are refused naming the option", "[train][errors]
   o.momentum = 1;
   CHECK_THROWS_WITH(o.validate(), Contains("momentum must be in [0, 1)"));
   o = fast_options(nn::Mode::FQT);
-  o.policy.grad_input_bits = 9;
+  o.policy.grad_input.bits = 9;
   CHECK_THROWS_AS(o.validate(), std::invalid_argument);
-  CHECK_THROWS_WITH(o.validate(), Contains("grad_input_bits must be in [1, 8], got 9"));
+  CHECK_THROWS_WITH(o.validate(), Contains("grad_input.bits must be in [1, 8], got 9"));
   o = fast_options(nn::Mode::FQT);
   o.warmup_epochs = 2;
   CHECK_THROWS_WITH(o.validate(), Contains("warm-up must be in [0, epochs)"));
   CHECK_THROWS_WITH(fqt_train::parse_schedule("linear"), Contains("unknown schedule 'linear'"));
   CHECK_THROWS_WITH(fqt_train::parse_progress_style("fancy"),
                     Contains("unknown progress style 'fancy'"));
-  CHECK_THROWS_WITH(nn::parse_grad_input_quantizer("int8"), Contains("'int8'"));
+  CHECK_THROWS_WITH(fqt::parse_quantizer_kind("int8"), Contains("'int8'"));
   fqt_train::Architecture too_small;
   too_small.image_height = too_small.image_width = 12;
   CHECK_THROWS_WITH(too_small.validate(), Contains("too small"));
   fqt_train::CompareOptions c;
   c.bits = {8, 0};
   CHECK_THROWS_WITH(c.validate(), Contains("bits must be in [1, 8], got 0"));
+  c = fqt_train::CompareOptions{};
+  c.quantizers = {fqt::QuantizerKind::PerColumn};
+  CHECK_THROWS_WITH(c.validate(), Contains("quantizer 'column' is no grad-input quantizer") &&
+                                      Contains("(expected ptq, psq, bhq)"));
+}
+
+TEST_CASE("The trainer's quantizer lists come from the catalogue's table", "[train][quantizers]") {
+  // The names fqt_train accepts and compares by default: the grad-input kinds, and for
+  // --grad-weight the kinds the paper's pairing gives them.
+  CHECK(fqt_examples::grad_input_quantizer_names() ==
+        std::vector<std::string>{"ptq", "psq", "bhq"});
+  CHECK(fqt_examples::kind_names(fqt_examples::paired_grad_weight_kinds()) ==
+        std::vector<std::string>{"ptq", "column"});
+  CHECK(fqt_train::CompareOptions{}.quantizers == fqt_examples::grad_input_kinds());
+  for (const auto k : fqt_examples::grad_input_kinds()) {
+    CAPTURE(fqt::kind_info(k).name);
+    const auto paired = fqt_examples::paired_grad_weight(k);
+    CHECK(fqt::can_feed(paired, fqt::Contraction::Rows));
+    CHECK((paired == k) == (k == fqt::QuantizerKind::PerTensor));
+  }
+  CHECK(fqt_examples::or_list({"ptq", "psq", "bhq"}) == "ptq, psq or bhq");
+  CHECK(fqt_examples::or_list({"ptq"}) == "ptq");
 }
 
 TEST_CASE("The comparison runs end to end and writes a well-formed CSV", "[train][compare]") {
@@ -380,8 +402,7 @@ TEST_CASE("The comparison runs end to end and writes a well-formed CSV", "[train
   options.train = fast_options(nn::Mode::FQT);
   options.train.epochs = 1;
   options.bits = {4, 2};
-  options.quantizers = {nn::GradInputQuantizer::PerTensor,
-                        nn::GradInputQuantizer::BlockHouseholder};
+  options.quantizers = {fqt::QuantizerKind::PerTensor, fqt::QuantizerKind::BlockHouseholder};
   options.grids = {fqt::Grid::ZeroAligned};
   options.variance.fqt_passes = 3;
   options.variance.sampling_batches = 3;
@@ -391,9 +412,9 @@ TEST_CASE("The comparison runs end to end and writes a well-formed CSV", "[train
   CHECK(runs[0].name == "exact");
   CHECK(runs[1].name == "qat");
   CHECK(runs[2].name == "ptq-4-zero");
-  CHECK(runs[2].policy.grad_weight_quantizer == nn::GradWeightQuantizer::PerTensor);
+  CHECK(runs[2].policy.grad_weight.kind == fqt::QuantizerKind::PerTensor);
   CHECK(runs[5].name == "bhq-2-zero");
-  CHECK(runs[5].policy.grad_weight_quantizer == nn::GradWeightQuantizer::PerColumn);
+  CHECK(runs[5].policy.grad_weight.kind == fqt::QuantizerKind::PerColumn);
 
   const auto results =
       fqt_train::run_compare(arch, options, train_set, test, fqt_train::ProgressStyle::None);
@@ -485,7 +506,7 @@ TEST_CASE("One short epoch on Fashion-MNIST reaches 75% in Exact mode and 8-bit 
   CHECK(exact_result.final_test_accuracy >= 0.75);
 
   options.policy = nn::QuantPolicy{};  // FQT, BHQ at 8 bits, the paper's defaults
-  options.policy.grad_weight_quantizer = nn::GradWeightQuantizer::PerColumn;
+  options.policy.grad_weight.kind = fqt::QuantizerKind::PerColumn;
   fqt_train::Model fqt_model(arch, fqt_train::seed_stream(1, fqt_train::Stream::Init));
   const auto fqt_result = fqt_train::train(fqt_model, train_set, test, options, quiet);
   REQUIRE_FALSE(fqt_result.diverged);
