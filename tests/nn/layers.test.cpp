@@ -27,7 +27,7 @@ TEST_CASE("Layers reject inputs of the wrong shape naming the layer and the valu
           Contains("in_channels = 3"));
   CHECK_THROWS_WITH(
       conv.forward(tape, nn::Variable<float>(Matrix<float>::Ones(1, 3 * 4), {3, 2, 2}), ctx),
-      Contains("kernel_height 3 is larger than the padded input height 2"));
+      Contains("kernel 3 x 3 is larger than the padded input 2 x 2"));
   nn::BatchNorm2d<float> bn(4);
   CHECK_THROWS_WITH(
       bn.forward(tape, nn::Variable<float>(Matrix<float>::Ones(2, 3 * 4), {3, 2, 2}), ctx),

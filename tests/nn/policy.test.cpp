@@ -1,6 +1,7 @@
 #include "fqt/nn/policy.hpp"
 
 #include <catch2/catch.hpp>
+#include <string>
 
 namespace nn = fqt::nn;
 using Catch::Matchers::Contains;
@@ -11,12 +12,22 @@ TEST_CASE("The default policy is the paper's recipe with zero-aligned gradient g
   CHECK(p.mode == nn::Mode::FQT);
   CHECK(p.activation_bits == 8);
   CHECK(p.weight_bits == 8);
-  CHECK(p.grad_input_quantizer == nn::GradInputQuantizer::BlockHouseholder);
-  CHECK(p.grad_input_bits == 8);
-  CHECK(p.grad_weight_quantizer == nn::GradWeightQuantizer::PerTensor);
-  CHECK(p.grad_weight_bits == 8);
-  CHECK(p.gradient_grid == fqt::Grid::ZeroAligned);
-  CHECK(p.gradient_rounding == nn::GradientRounding::Stochastic);
+  for (const fqt::QuantizerSpec& spec : {p.grad_input, p.grad_weight}) {
+    CHECK(spec.bits == 8);
+    CHECK(spec.grid == fqt::Grid::ZeroAligned);
+    CHECK(spec.rounding == fqt::RoundingMode::Stochastic);
+    CHECK(spec.channels == 1);
+  }
+  CHECK(p.grad_input.kind == fqt::QuantizerKind::BlockHouseholder);
+  CHECK(p.grad_weight.kind == fqt::QuantizerKind::PerTensor);
+  CHECK(p.backend == nullptr);
+  CHECK(std::string(p.product_backend().name()) == "simulated");
+  CHECK_FALSE(p.product_backend().multiplies_codes());
+  CHECK(p.activation_spec().kind == fqt::QuantizerKind::PerTensor);
+  CHECK(p.activation_spec().grid == fqt::Grid::Free);
+  CHECK(p.activation_spec().rounding == fqt::RoundingMode::Nearest);
+  CHECK(p.weight_spec().grid == fqt::Grid::ZeroAligned);
+  CHECK(p.weight_spec().rounding == fqt::RoundingMode::Nearest);
   CHECK(p.quantizes_forward());
   CHECK(p.quantizes_backward());
   CHECK_FALSE(nn::QuantPolicy::with_mode(nn::Mode::QAT).quantizes_backward());
@@ -25,39 +36,66 @@ TEST_CASE("The default policy is the paper's recipe with zero-aligned gradient g
   CHECK_NOTHROW(p.validate("test"));
 }
 
-TEST_CASE("Quantizer, mode and grid names parse in any case and round-trip", "[nn][policy]") {
-  CHECK(nn::parse_grad_input_quantizer("ptq") == nn::GradInputQuantizer::PerTensor);
-  CHECK(nn::parse_grad_input_quantizer("PSQ") == nn::GradInputQuantizer::PerSample);
-  CHECK(nn::parse_grad_input_quantizer("Bhq") == nn::GradInputQuantizer::BlockHouseholder);
-  CHECK(nn::parse_grad_weight_quantizer("ptq") == nn::GradWeightQuantizer::PerTensor);
-  CHECK(nn::parse_grad_weight_quantizer("column") == nn::GradWeightQuantizer::PerColumn);
+TEST_CASE("Mode and grid names parse in any case and round-trip", "[nn][policy]") {
   CHECK(nn::parse_mode("exact") == nn::Mode::Exact);
   CHECK(nn::parse_mode("QAT") == nn::Mode::QAT);
   CHECK(nn::parse_mode("fqt") == nn::Mode::FQT);
   CHECK(nn::parse_grid("free") == fqt::Grid::Free);
   CHECK(nn::parse_grid("zero") == fqt::Grid::ZeroAligned);
-  for (auto q : {nn::GradInputQuantizer::PerTensor, nn::GradInputQuantizer::PerSample,
-                 nn::GradInputQuantizer::BlockHouseholder}) {
-    CHECK(nn::parse_grad_input_quantizer(nn::to_string(q)) == q);
-  }
-  for (auto q : {nn::GradWeightQuantizer::PerTensor, nn::GradWeightQuantizer::PerColumn}) {
-    CHECK(nn::parse_grad_weight_quantizer(nn::to_string(q)) == q);
-  }
   for (auto m : {nn::Mode::Exact, nn::Mode::QAT, nn::Mode::FQT}) {
     CHECK(nn::parse_mode(nn::to_string(m)) == m);
   }
 }
 
 TEST_CASE("Unknown names are an invalid_argument naming the text", "[nn][policy][errors]") {
-  CHECK_THROWS_AS(nn::parse_grad_input_quantizer("hadamard"), std::invalid_argument);
-  CHECK_THROWS_WITH(nn::parse_grad_input_quantizer("hadamard"),
-                    Contains("parse_grad_input_quantizer") && Contains("'hadamard'") &&
-                        Contains("ptq, psq or bhq"));
-  CHECK_THROWS_WITH(nn::parse_grad_weight_quantizer("bhq"),
-                    Contains("parse_grad_weight_quantizer") && Contains("'bhq'"));
-  CHECK_THROWS_WITH(nn::parse_grad_input_quantizer("column"), Contains("'column'"));
   CHECK_THROWS_WITH(nn::parse_mode("int8"), Contains("parse_mode") && Contains("'int8'"));
   CHECK_THROWS_WITH(nn::parse_grid(""), Contains("parse_grid") && Contains("''"));
+}
+
+TEST_CASE("validate takes each gradient quantizer whose scales factor out of its GEMM",
+          "[nn][policy][errors]") {
+  // Every kind of the table is accepted exactly where its scales are constant along the
+  // contraction: the columns of G for grad-input, the samples for grad-weight.
+  for (const auto& info : fqt::kQuantizerKinds) {
+    CAPTURE(info.name);
+    nn::QuantPolicy p;
+    p.grad_input.kind = info.kind;
+    if (fqt::can_feed(info.kind, fqt::Contraction::Columns)) {
+      CHECK_NOTHROW(p.validate("where"));
+    } else {
+      CHECK_THROWS_WITH(p.validate("where"),
+                        Contains("where") &&
+                            Contains(std::string("grad_input quantizer '") + info.name + "'") &&
+                            Contains("ptq, psq, bhq"));
+    }
+    p = nn::QuantPolicy{};
+    p.grad_weight.kind = info.kind;
+    if (fqt::can_feed(info.kind, fqt::Contraction::Rows)) {
+      CHECK_NOTHROW(p.validate("where"));
+    } else {
+      CHECK_THROWS_WITH(p.validate("where"),
+                        Contains(std::string("grad_weight quantizer '") + info.name + "'") &&
+                            Contains("ptq, column, channel"));
+    }
+  }
+  // The paper's pairings are all accepted.
+  for (const char* name : {"ptq", "psq", "bhq"}) {
+    nn::QuantPolicy p;
+    p.grad_input.kind = fqt::parse_quantizer_kind(name);
+    CHECK_NOTHROW(p.validate("where"));
+  }
+  nn::QuantPolicy p;
+  p.grad_weight.kind = fqt::QuantizerKind::PerChannel;
+  CHECK_NOTHROW(p.validate("where"));
+  CHECK(p.grad_weight_spec(7).channels == 7);
+  CHECK(p.grad_weight_spec(7).kind == fqt::QuantizerKind::PerChannel);
+  p.grad_weight.channels = 4;
+  CHECK_THROWS_WITH(p.validate("where"),
+                    Contains("grad_weight.channels must be 1") && Contains("got 4"));
+  // The simulated backend runs the per-column grad-weight quantizer on conv too.
+  p = nn::QuantPolicy{};
+  p.grad_weight.kind = fqt::QuantizerKind::PerColumn;
+  CHECK_NOTHROW(p.validate("where", fqt::Contraction::RowsAndChannels));
 }
 
 TEST_CASE("validate rejects bit widths outside [1, 8] naming the knob", "[nn][policy][errors]") {
@@ -66,8 +104,11 @@ TEST_CASE("validate rejects bit widths outside [1, 8] naming the knob", "[nn][po
   CHECK_THROWS_WITH(p.validate("where"),
                     Contains("where") && Contains("activation_bits") && Contains("got 0"));
   p = nn::QuantPolicy{};
-  p.grad_weight_bits = 12;
-  CHECK_THROWS_WITH(p.validate("where"), Contains("grad_weight_bits") && Contains("got 12"));
+  p.grad_weight.bits = 12;
+  CHECK_THROWS_WITH(p.validate("where"), Contains("grad_weight.bits") && Contains("got 12"));
+  p = nn::QuantPolicy{};
+  p.grad_input.bits = 0;
+  CHECK_THROWS_WITH(p.validate("where"), Contains("bits") && Contains("got 0"));
 }
 
 TEST_CASE("Gradient streams are a pure function of (seed, step, layer, role)", "[nn][policy]") {
@@ -91,17 +132,16 @@ TEST_CASE("validate rejects every enum field outside its enum naming the field a
   CHECK_THROWS_WITH(p.validate("where"),
                     Contains("where") && Contains("mode must be") && Contains("got 7"));
   p = nn::QuantPolicy{};
-  p.grad_input_quantizer = static_cast<nn::GradInputQuantizer>(7);
-  CHECK_THROWS_WITH(p.validate("where"), Contains("grad_input_quantizer") && Contains("got 7"));
+  p.grad_input.kind = static_cast<fqt::QuantizerKind>(7);
+  CHECK_THROWS_WITH(p.validate("where"), Contains("kind must be one of") && Contains("got 7"));
   p = nn::QuantPolicy{};
-  p.grad_weight_quantizer = static_cast<nn::GradWeightQuantizer>(-1);
-  CHECK_THROWS_WITH(p.validate("where"), Contains("grad_weight_quantizer") && Contains("got -1"));
+  p.grad_weight.kind = static_cast<fqt::QuantizerKind>(-1);
+  CHECK_THROWS_WITH(p.validate("where"), Contains("kind must be one of") && Contains("got -1"));
   p = nn::QuantPolicy{};
-  p.gradient_grid = static_cast<fqt::Grid>(9);
-  CHECK_THROWS_WITH(p.validate("where"), Contains("gradient_grid") && Contains("got 9"));
+  p.grad_input.grid = static_cast<fqt::Grid>(9);
+  CHECK_THROWS_WITH(p.validate("where"), Contains("grid must be") && Contains("got 9"));
   p = nn::QuantPolicy{};
-  p.gradient_rounding = static_cast<nn::GradientRounding>(3);
-  CHECK_THROWS_WITH(p.validate("where"), Contains("gradient_rounding") && Contains("got 3"));
+  p.grad_weight.rounding = static_cast<fqt::RoundingMode>(3);
+  CHECK_THROWS_WITH(p.validate("where"), Contains("rounding must be") && Contains("got 3"));
   CHECK_THROWS_AS(p.validate("where"), std::invalid_argument);
-  CHECK(std::string(nn::to_string(static_cast<nn::GradWeightQuantizer>(4))) == "?");
 }

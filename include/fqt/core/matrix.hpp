@@ -27,4 +27,12 @@ using MatrixCRef = Eigen::Ref<const Matrix<T>>;
 template <class T>
 using MatrixRef = Eigen::Ref<Matrix<T>>;
 
+/// \brief Read-only vector argument.
+template <class T>
+using VectorCRef = Eigen::Ref<const Vector<T>>;
+
+/// \brief Writable vector argument.
+template <class T>
+using VectorRef = Eigen::Ref<Vector<T>>;
+
 }  // namespace fqt

@@ -114,6 +114,16 @@ inline std::string quantizer_kind_names() {
   return names;
 }
 
+/// \brief The names of the kinds whose scales are constant along `contraction` (those that
+/// can_feed it), e.g. "ptq, psq, bhq" for Contraction::Columns.
+inline std::string quantizer_kind_names(Contraction contraction) {
+  std::string names;
+  for (const auto& k : kQuantizerKinds) {
+    if (can_feed(k.kind, contraction)) names += (names.empty() ? "" : ", ") + std::string(k.name);
+  }
+  return names;
+}
+
 /// \brief The kind named `name` in the table (any case); throws std::invalid_argument naming the
 /// text and the names there are.
 inline QuantizerKind parse_quantizer_kind(std::string_view name) {

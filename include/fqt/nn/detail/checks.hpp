@@ -26,13 +26,13 @@ template <class T>
 using NonDeduced = typename Identity<T>::type;
 
 template <class Scalar>
-using ConstMatrix = Eigen::Ref<const Matrix<NonDeduced<Scalar>>>;
+using ConstMatrix = MatrixCRef<NonDeduced<Scalar>>;
 template <class Scalar>
-using OutMatrix = Eigen::Ref<Matrix<NonDeduced<Scalar>>>;
+using OutMatrix = MatrixRef<NonDeduced<Scalar>>;
 template <class Scalar>
-using ConstVector = Eigen::Ref<const Vector<NonDeduced<Scalar>>>;
+using ConstVector = VectorCRef<NonDeduced<Scalar>>;
 template <class Scalar>
-using OutVector = Eigen::Ref<Vector<NonDeduced<Scalar>>>;
+using OutVector = VectorRef<NonDeduced<Scalar>>;
 
 template <class Scalar>
 void static_check_scalar() {

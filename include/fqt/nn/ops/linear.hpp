@@ -3,37 +3,43 @@
 /// \brief Linear layer as plain functions: Y = Q_f(X)·Q_f(W)ᵀ + b and its backward (see
 /// fqt/nn/functional.hpp for the conventions of every op).
 
+#include <memory>
+
 #include "fqt/core/error.hpp"
 #include "fqt/core/matrix.hpp"
 #include "fqt/core/random.hpp"
-#include "fqt/nn/detail/kernels.hpp"
+#include "fqt/nn/backend.hpp"
+#include "fqt/nn/detail/checks.hpp"
 #include "fqt/nn/policy.hpp"
+#include "fqt/nn/product.hpp"
 
 namespace fqt {
 namespace nn {
 
-/// \brief What linear_backward needs from linear_forward, plus its workspaces.
-///
-/// The GEMMs run in floating point on the dequantized ("fake-quantized") operands, exactly the
-/// values an integer GEMM with the affine correction terms would produce.
+/// \brief What linear_backward needs from linear_forward, plus its workspaces. The operands are
+/// stored as the policy's backend multiplies them: codes for a backend that multiplies codes,
+/// (fake-quantized) values for the simulated one.
 template <class Scalar = float>
 struct LinearCache {
   /// True once linear_forward has completed into this cache; false when default-constructed or
   /// when the last forward threw after it started filling the cache (linear_backward then throws
   /// std::logic_error).
   bool complete = false;
-  QuantPolicy policy;              ///< the policy of the forward pass (backward follows it)
-  Matrix<Scalar> input;            ///< X̂ = Q_f(X) (X itself in Mode::Exact), N × in
-  Matrix<Scalar> weight;           ///< Ŵ = Q_f(W) (W itself in Mode::Exact), out × in
-  Matrix<Scalar> grad_for_input;   ///< workspace: Q_b1(G), N × out
-  Matrix<Scalar> grad_for_weight;  ///< workspace: Q_b2(G), N × out
+  QuantPolicy policy;                    ///< the policy of the forward pass (backward follows it)
+  OperandStore<Scalar> input;            ///< X̂ = Q_f(X) (X itself in Mode::Exact), N × in
+  OperandStore<Scalar> weight;           ///< Ŵ = Q_f(W) (W itself in Mode::Exact), out × in
+  OperandStore<Scalar> grad_for_input;   ///< workspace: Q_b1(G), N × out
+  OperandStore<Scalar> grad_for_weight;  ///< workspace: Q_b2(G), N × out
+  Index batch = 0, in_features = 0, out_features = 0;  ///< N, in, out of the forward pass
+  std::unique_ptr<BackendState> state;                 ///< the backend's workspaces
 };
 
-/// \brief Y = Q_f(X)·Q_f(W)ᵀ + b (Exact: Y = X·Wᵀ + b). **Overwrites** output.
+/// \brief Y = Q_f(X)·Q_f(W)ᵀ + b (Exact: Y = X·Wᵀ + b), the product computed by the policy's
+/// backend. **Overwrites** output.
 /// \param input X, N × in (one sample per row)
 /// \param weight W, out × in
 /// \param bias b, size out, or size 0 for no bias (never quantized)
-/// \param policy mode and forward bits; recorded in the cache for the backward pass
+/// \param policy mode, quantizers and backend; recorded in the cache for the backward pass
 /// \param cache filled with X̂ and Ŵ; unchanged when an argument check throws, marked incomplete
 ///        (backward throws std::logic_error) when a later step throws
 /// \param output Y, N × out (unspecified after a throw)
@@ -46,7 +52,7 @@ void linear_forward(const detail::ConstMatrix<Scalar>& input,
                     LinearCache<Scalar>& cache, detail::OutMatrix<Scalar> output) {
   detail::static_check_scalar<Scalar>();
   constexpr const char* kWhere = "nn::linear_forward";
-  policy.validate(kWhere);
+  policy.validate(kWhere, Contraction::Rows);
   check(input.cols() == weight.cols(), kWhere, "input has ", input.cols(), " features but weight (",
         weight.rows(), " x ", weight.cols(), ") expects ", weight.cols());
   check(bias.size() == 0 || bias.size() == weight.rows(), kWhere, "bias has size ", bias.size(),
@@ -59,16 +65,15 @@ void linear_forward(const detail::ConstMatrix<Scalar>& input,
   // Every check has passed: from here on the cache is incomplete until the pass finishes.
   cache.complete = false;
   cache.policy = policy;
-  detail::ensure_shape(cache.input, input.rows(), input.cols());
-  detail::ensure_shape(cache.weight, weight.rows(), weight.cols());
-  if (policy.quantizes_forward()) {
-    detail::quantize_activation<Scalar>(policy, input, cache.input);
-    detail::quantize_weight<Scalar>(policy, weight, cache.weight);
-  } else {
-    cache.input = input;
-    cache.weight = weight;
-  }
-  detail::gemm(output, cache.input, cache.weight.transpose(), false);
+  cache.batch = input.rows();
+  cache.in_features = input.cols();
+  cache.out_features = weight.rows();
+  store_forward_operand<Scalar>(policy, policy.activation_spec(), input, cache.input, kWhere,
+                                "input");
+  store_forward_operand<Scalar>(policy, policy.weight_spec(), weight, cache.weight, kWhere,
+                                "weight");
+  policy.product_backend().linear_forward(cache.input.operand(), cache.weight.operand(), output,
+                                          cache.state);
   if (bias.size() > 0) output.rowwise() += bias.transpose();
   cache.complete = true;
 }
@@ -77,7 +82,8 @@ void linear_forward(const detail::ConstMatrix<Scalar>& input,
 ///
 /// With G the output gradient: grad_input = Q_b1(G)·Ŵ, grad_weight += Q_b2(G)ᵀ·X̂ and
 /// grad_bias += Σ_rows G, where Q_b1, Q_b2 are the policy's gradient quantizers in Mode::FQT
-/// (drawing from streams.grad_input and streams.grad_weight) and the identity otherwise.
+/// (drawing from streams.grad_input and streams.grad_weight) and the identity otherwise. The
+/// products run on the policy's backend.
 /// \param grad_output G = ∂L/∂Y, N × out
 /// \param cache the cache of the matching linear_forward
 /// \param streams the layer's two independent streams (gradient_streams(rng, step, layer))
@@ -94,42 +100,39 @@ void linear_backward(const detail::ConstMatrix<Scalar>& grad_output, LinearCache
                      detail::OutMatrix<Scalar> grad_weight, detail::OutVector<Scalar> grad_bias) {
   constexpr const char* kWhere = "nn::linear_backward";
   detail::require_complete_forward(cache.complete, kWhere, "nn::linear_forward");
-  const Index n = cache.input.rows(), in = cache.input.cols(), out = cache.weight.rows();
+  const Index n = cache.batch, in = cache.in_features, out = cache.out_features;
   detail::check_shape(grad_output, n, out, kWhere, "grad_output");
   if (grad_input.size() > 0) detail::check_shape(grad_input, n, in, kWhere, "grad_input");
   if (grad_weight.size() > 0) detail::check_shape(grad_weight, out, in, kWhere, "grad_weight");
   check(grad_bias.size() == 0 || grad_bias.size() == out, kWhere, "grad_bias has size ",
         grad_bias.size(), ", expected ", out, " (or 0)");
-  detail::check_finite(grad_output, kWhere, "grad_output");
 
   const QuantPolicy& policy = cache.policy;
-  const bool quantize = policy.quantizes_backward();
+  const bool want_input = grad_input.size() > 0, want_weight = grad_weight.size() > 0;
+  const bool quantize = policy.quantizes_backward() && (want_input || want_weight);
+  // A quantizer's range scan checks G for NaN/Inf; without one, this check does.
+  if (!quantize) detail::check_finite(grad_output, kWhere, "grad_output");
+  const Operand<Scalar> g = Operand<Scalar>::values(grad_output);
   // Both quantizations (which can throw) run before any output is written.
-  if (quantize && grad_input.size() > 0) {
-    detail::ensure_shape(cache.grad_for_input, n, out);
-    detail::quantize_grad_input<Scalar>(policy, grad_output, streams.grad_input,
-                                        cache.grad_for_input);
+  const Operand<Scalar> g_input =
+      quantize && want_input
+          ? quantized_gradient<Scalar>(policy, policy.grad_input, grad_output, streams.grad_input,
+                                       cache.grad_for_input, kWhere)
+          : g;
+  const Operand<Scalar> g_weight =
+      quantize && want_weight
+          ? quantized_gradient<Scalar>(policy, policy.grad_weight_spec(out), grad_output,
+                                       streams.grad_weight, cache.grad_for_weight, kWhere)
+          : g;
+  const Backend& backend = policy.product_backend();
+  if (want_input)
+    backend.linear_grad_input(g_input, cache.weight.operand(), grad_input, cache.state);
+  if (want_weight)
+    backend.linear_grad_weight(g_weight, cache.input.operand(), grad_weight, cache.state);
+  // Full precision, a fixed summation order.
+  if (grad_bias.size() > 0) {
+    for (Index i = 0; i < n; ++i) grad_bias += grad_output.row(i).transpose();
   }
-  if (quantize && grad_weight.size() > 0) {
-    detail::ensure_shape(cache.grad_for_weight, n, out);
-    detail::quantize_grad_weight<Scalar>(policy, grad_output, out, streams.grad_weight,
-                                         cache.grad_for_weight);
-  }
-  if (grad_input.size() > 0) {
-    if (quantize) {
-      detail::gemm(grad_input, cache.grad_for_input, cache.weight, false);
-    } else {
-      detail::gemm(grad_input, grad_output, cache.weight, false);
-    }
-  }
-  if (grad_weight.size() > 0) {
-    if (quantize) {
-      detail::gemm(grad_weight, cache.grad_for_weight.transpose(), cache.input, true);
-    } else {
-      detail::gemm(grad_weight, grad_output.transpose(), cache.input, true);
-    }
-  }
-  if (grad_bias.size() > 0) detail::accumulate_column_sums<Scalar>(grad_output, grad_bias);
 }
 
 }  // namespace nn

@@ -10,86 +10,10 @@
 #include "fqt/core/matrix.hpp"
 #include "fqt/core/parallel.hpp"
 #include "fqt/nn/detail/checks.hpp"
+#include "fqt/nn/geometry.hpp"
 
 namespace fqt {
 namespace nn {
-
-/// \brief Shape of a 2-D max pooling over C channels of H×W; padding counts as −∞.
-///
-/// The size accessors do not check for overflow: call validate() first (the ops do).
-struct Pool2dGeometry {
-  Index channels = 0;        ///< C
-  Index in_height = 0;       ///< H
-  Index in_width = 0;        ///< W
-  Index kernel_height = 2;   ///< kh
-  Index kernel_width = 2;    ///< kw
-  Index stride_height = 2;   ///< sh
-  Index stride_width = 2;    ///< sw
-  Index padding_height = 0;  ///< ph, at most kh/2
-  Index padding_width = 0;   ///< pw, at most kw/2
-
-  Pool2dGeometry() = default;
-  /// \brief A square window; stride 0 means stride = kernel (a negative stride is kept, for
-  /// validate() to reject).
-  Pool2dGeometry(Index channels_, Index in_height_, Index in_width_, Index kernel, Index stride = 0,
-                 Index padding = 0)
-      : channels(channels_),
-        in_height(in_height_),
-        in_width(in_width_),
-        kernel_height(kernel),
-        kernel_width(kernel),
-        stride_height(stride != 0 ? stride : kernel),
-        stride_width(stride != 0 ? stride : kernel),
-        padding_height(padding),
-        padding_width(padding) {}
-
-  /// \brief Output height.
-  Index out_height() const {
-    return (in_height + 2 * padding_height - kernel_height) / stride_height + 1;
-  }
-  /// \brief Output width.
-  Index out_width() const {
-    return (in_width + 2 * padding_width - kernel_width) / stride_width + 1;
-  }
-  /// \brief Columns of an input batch, C·H·W.
-  Index input_size() const { return channels * in_height * in_width; }
-  /// \brief Columns of an output batch, C·Ho·Wo.
-  Index output_size() const { return channels * out_height() * out_width(); }
-
-  /// \brief Throws std::invalid_argument naming `where`, the fields and the values unless sizes
-  /// are positive, padding ≤ kernel/2, the window fits in the padded input, every derived size
-  /// (H + 2·ph, W + 2·pw, C·H·W, C·Ho·Wo) fits in an Index and C·H·W fits the int32 argmax of
-  /// MaxPool2dCache.
-  void validate(const char* where) const {
-    check(channels > 0 && in_height > 0 && in_width > 0, where,
-          "channels and spatial sizes must be positive, got channels ", channels, ", in_height ",
-          in_height, ", in_width ", in_width);
-    check(kernel_height > 0 && kernel_width > 0 && stride_height > 0 && stride_width > 0, where,
-          "kernel and stride must be positive, got kernel ", kernel_height, " x ", kernel_width,
-          ", stride ", stride_height, " x ", stride_width);
-    // p ≤ k/2 rather than 2·p ≤ k: no product that could overflow.
-    check(padding_height >= 0 && padding_width >= 0 && padding_height <= kernel_height / 2 &&
-              padding_width <= kernel_width / 2,
-          where, "padding must be in [0, kernel/2], got ", padding_height, " x ", padding_width,
-          " for kernel ", kernel_height, " x ", kernel_width);
-    const Index padded_height =
-        detail::checked_sum(where, "in_height + padding_height + padding_height",
-                            {in_height, padding_height, padding_height});
-    const Index padded_width =
-        detail::checked_sum(where, "in_width + padding_width + padding_width",
-                            {in_width, padding_width, padding_width});
-    check(kernel_height <= padded_height && kernel_width <= padded_width, where, "kernel ",
-          kernel_height, " x ", kernel_width, " is larger than the padded input ", padded_height,
-          " x ", padded_width);
-    const Index size = detail::checked_product(where, "channels * in_height * in_width",
-                                               {channels, in_height, in_width});
-    check(size <= std::numeric_limits<std::int32_t>::max(), where,
-          "channels * in_height * in_width = ", channels, " * ", in_height, " * ", in_width, " = ",
-          size, " exceeds the int32 argmax index limit ", std::numeric_limits<std::int32_t>::max());
-    detail::checked_product(where, "channels * out_height * out_width",
-                            {channels, out_height(), out_width()});
-  }
-};
 
 /// \brief The argmax of each pooling window, for max_pool2d_backward.
 template <class Scalar = float>

@@ -1,0 +1,77 @@
+#pragma once
+/// \file
+/// \brief im2col and col2im of one sample of a 2-D convolution, for values and for codes.
+
+#include <algorithm>
+
+#include "fqt/core/matrix.hpp"
+#include "fqt/nn/geometry.hpp"
+
+namespace fqt {
+namespace nn {
+namespace detail {
+
+/// Samples per work chunk of the conv kernels: a fixed partition, so the grad-weight sum has a
+/// fixed order whatever the number of threads.
+inline constexpr Index kConvChunk = 4;
+
+/// \brief im2col of one sample: columns (C·kh·kw) × (Ho·Wo), row (c, i, j), column (oy, ox).
+/// Positions in the padding get `pad` (0 for values; the zero point's code for codes).
+template <class T>
+void im2col(const T* x, const Conv2dGeometry& g, T* columns, T pad = T(0)) {
+  const Index ho = g.out_height(), wo = g.out_width(), plane = ho * wo;
+  for (Index c = 0; c < g.in_channels; ++c) {
+    const T* channel = x + c * g.in_height * g.in_width;
+    for (Index i = 0; i < g.kernel_height; ++i) {
+      for (Index j = 0; j < g.kernel_width; ++j) {
+        T* dst = columns + ((c * g.kernel_height + i) * g.kernel_width + j) * plane;
+        for (Index oy = 0; oy < ho; ++oy) {
+          T* row = dst + oy * wo;
+          const Index iy = oy * g.stride_height - g.padding_height + i;
+          if (iy < 0 || iy >= g.in_height) {
+            std::fill(row, row + wo, pad);
+            continue;
+          }
+          const T* src = channel + iy * g.in_width;
+          for (Index ox = 0; ox < wo; ++ox) {
+            const Index ix = ox * g.stride_width - g.padding_width + j;
+            row[ox] = (ix >= 0 && ix < g.in_width) ? src[ix] : pad;
+          }
+        }
+      }
+    }
+  }
+}
+
+/// \brief col2im of one sample: adds each column entry back to its input position (x += ...).
+template <class Scalar>
+void col2im_add(const Scalar* columns, const Conv2dGeometry& g, Scalar* x) {
+  const Index ho = g.out_height(), wo = g.out_width(), plane = ho * wo;
+  for (Index c = 0; c < g.in_channels; ++c) {
+    Scalar* channel = x + c * g.in_height * g.in_width;
+    for (Index i = 0; i < g.kernel_height; ++i) {
+      for (Index j = 0; j < g.kernel_width; ++j) {
+        const Scalar* src = columns + ((c * g.kernel_height + i) * g.kernel_width + j) * plane;
+        for (Index oy = 0; oy < ho; ++oy) {
+          const Index iy = oy * g.stride_height - g.padding_height + i;
+          if (iy < 0 || iy >= g.in_height) continue;
+          const Scalar* row = src + oy * wo;
+          Scalar* dst = channel + iy * g.in_width;
+          for (Index ox = 0; ox < wo; ++ox) {
+            const Index ix = ox * g.stride_width - g.padding_width + j;
+            if (ix >= 0 && ix < g.in_width) dst[ix] += row[ox];
+          }
+        }
+      }
+    }
+  }
+}
+
+template <class Scalar>
+using RowMap = Eigen::Map<Matrix<Scalar>>;
+template <class Scalar>
+using ConstRowMap = Eigen::Map<const Matrix<Scalar>>;
+
+}  // namespace detail
+}  // namespace nn
+}  // namespace fqt

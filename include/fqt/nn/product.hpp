@@ -1,0 +1,121 @@
+#pragma once
+/// \file
+/// \brief The quantized-product seam as the GEMM ops use it: `OperandStore` holds one operand of a
+/// product — the codes a backend that multiplies codes consumes, or values — and the two steps
+/// every quantized GEMM op takes: quantize its forward operands with Q_f, and its output gradient
+/// with Q_b1 / Q_b2 from independent streams, in the form the policy's backend multiplies.
+
+#include <stdexcept>
+#include <string>
+
+#include "fqt/core/error.hpp"
+#include "fqt/core/matrix.hpp"
+#include "fqt/core/random.hpp"
+#include "fqt/nn/backend.hpp"
+#include "fqt/nn/detail/checks.hpp"
+#include "fqt/nn/policy.hpp"
+#include "fqt/quant/catalogue.hpp"
+
+namespace fqt {
+namespace nn {
+
+/// \brief One operand of a product, owned: the codes and maps of a quantized matrix, or a matrix
+/// of values (fake-quantized, bit-identical to dequantizing the codes, or not quantized at all).
+/// Its buffers are reused from call to call, so a steady state allocates nothing.
+template <class Scalar>
+class OperandStore {
+ public:
+  /// \brief Stores Q(x) for the quantizer `spec`, drawing from `rng` if it is stochastic: as codes
+  /// when `as_codes`, as values otherwise.
+  /// \throws what the quantizer throws (std::domain_error on NaN/Inf or an overflowing range); the
+  ///         store is then empty
+  void quantize(const QuantizerSpec& spec, const MatrixCRef<Scalar>& x, const Philox& rng,
+                bool as_codes) {
+    filled_ = false;
+    const AnyQuantizer<Scalar, Code> quantizer(spec);
+    if (as_codes) {
+      quantizer.quantize(x, rng, codes_);
+    } else {
+      detail::ensure_shape(values_, x.rows(), x.cols());
+      quantizer.fake_quantize(x, rng, values_);
+    }
+    coded_ = as_codes;
+    filled_ = true;
+  }
+  /// \brief Stores x itself.
+  void assign(const MatrixCRef<Scalar>& x) {
+    detail::ensure_shape(values_, x.rows(), x.cols());
+    values_ = x;
+    coded_ = false;
+    filled_ = true;
+  }
+
+  /// \brief True when the store holds codes.
+  bool coded() const { return coded_; }
+  /// \brief The operand, for a backend.
+  Operand<Scalar> operand() const {
+    FQT_ASSERT(filled_);
+    return coded_ ? Operand<Scalar>::codes(codes_) : Operand<Scalar>::values(values_);
+  }
+  /// \brief The stored values; only when !coded().
+  const Matrix<Scalar>& values() const {
+    FQT_ASSERT(filled_ && !coded_);
+    return values_;
+  }
+  /// \brief The stored codes; only when coded().
+  const Quantized<Scalar, Code>& codes() const {
+    FQT_ASSERT(filled_ && coded_);
+    return codes_;
+  }
+
+ private:
+  Quantized<Scalar, Code> codes_;
+  Matrix<Scalar> values_;
+  bool coded_ = false;
+  bool filled_ = false;
+};
+
+namespace detail {
+
+/// \brief Runs f(); a std::domain_error it throws (a quantizer's NaN/Inf or overflow) is rethrown
+/// with "where: what: " before its message, so that it names the op and the argument.
+template <class F>
+void naming_argument(const char* where, const char* what, F&& f) {
+  try {
+    f();
+  } catch (const std::domain_error& e) {
+    throw std::domain_error(std::string(where) + ": " + what + ": " + e.what());
+  }
+}
+
+}  // namespace detail
+
+/// \brief The forward operand of a GEMM op: Q_f(x) with `spec` (the policy's activation_spec()
+/// or weight_spec()) in Mode::QAT and Mode::FQT, x itself in Mode::Exact, stored as the policy's
+/// backend multiplies it. The caller has checked x for NaN/Inf.
+template <class Scalar>
+void store_forward_operand(const QuantPolicy& policy, const QuantizerSpec& spec,
+                           const MatrixCRef<Scalar>& x, OperandStore<Scalar>& store,
+                           const char* where, const char* what) {
+  if (!policy.quantizes_forward()) {
+    store.assign(x);
+    return;
+  }
+  const bool codes = policy.product_backend().multiplies_codes();
+  detail::naming_argument(where, what, [&] { store.quantize(spec, x, Philox(), codes); });
+}
+
+/// \brief Q_b(g) for one backward product in the form the policy's backend multiplies, into
+/// `store`, drawing from `stream`. Its range scan is the only pass over g before the quantizer's
+/// own: NaN/Inf in g throw std::domain_error naming `where` and "grad_output".
+template <class Scalar>
+Operand<Scalar> quantized_gradient(const QuantPolicy& policy, const QuantizerSpec& spec,
+                                   const MatrixCRef<Scalar>& g, const Philox& stream,
+                                   OperandStore<Scalar>& store, const char* where) {
+  const bool codes = policy.product_backend().multiplies_codes();
+  detail::naming_argument(where, "grad_output", [&] { store.quantize(spec, g, stream, codes); });
+  return store.operand();
+}
+
+}  // namespace nn
+}  // namespace fqt
