@@ -14,7 +14,7 @@
 #include "fqt/core/error.hpp"
 #include "fqt/core/matrix.hpp"
 #include "fqt/core/random.hpp"
-#include "fqt/data/idx.hpp"
+#include "fqt/data/mnist.hpp"
 
 namespace fqt_train {
 

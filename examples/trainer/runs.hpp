@@ -5,7 +5,7 @@
 /// zero-aligned grid — same seed, data order, initial weights and schedule for every run.
 ///
 /// For each run: the final test accuracy, the time per epoch, and the gradient variance
-/// decomposition of stats/profile (Theorem 2) measured twice — at initialisation (the same
+/// decomposition of nn/profile (Theorem 2) measured twice — at initialisation (the same
 /// weights for every run, so it compares the quantizers alone) and at the end of training (the
 /// run's own weights) — as the ratio of the quantization variance to the QAT sampling variance,
 /// summed over the parameter tensors. FQT trains like QAT while that ratio is small.

@@ -21,7 +21,7 @@
 #include "fqt/core/error.hpp"
 #include "fqt/core/random.hpp"
 #include "fqt/nn.hpp"
-#include "fqt/stats/profile.hpp"
+#include "fqt/nn/profile.hpp"
 #include "trainer/data.hpp"
 #include "trainer/model.hpp"
 #include "trainer/progress.hpp"
@@ -386,7 +386,7 @@ struct VarianceReport {
   }
 };
 
-/// \brief Measures the gradient variance of `model` under `policy` with stats::profile_gradients:
+/// \brief Measures the gradient variance of `model` under `policy` with nn::profile_gradients:
 /// the quantization variance from K FQT passes on one batch, the sampling variance of the QAT
 /// gradient over M other batches. Batches are drawn without replacement from `data` in the order
 /// epoch_order(N, seed_stream(seed, Profile), 0): batch 0 is profiled, batches 1..M sample.
@@ -409,20 +409,20 @@ inline VarianceReport measure_gradient_variance(Model& model, const Dataset& dat
   if (sampling < 2) sampling = 0;
 
   auto make_batch = [&](Index k) {
-    fqt::stats::Batch<float> b;
+    fqt::nn::Batch<float> b;
     b.shape = model.input_shape();
     gather_batch(data, order, k * batch, batch, b.inputs, b.labels);
     return b;
   };
   const auto profiled = make_batch(0);
-  std::vector<fqt::stats::Batch<float>> sampling_set;
+  std::vector<fqt::nn::Batch<float>> sampling_set;
   for (int m = 0; m < sampling; ++m) sampling_set.push_back(make_batch(m + 1));
 
-  fqt::stats::ProfileOptions profile_options;
+  fqt::nn::ProfileOptions profile_options;
   profile_options.fqt_passes = policy.quantizes_backward() ? options.fqt_passes : 2;
   profile_options.rng = rng.substream(1);
   const auto profile =
-      fqt::stats::profile_gradients(model.net(), profiled, sampling_set, policy, profile_options);
+      fqt::nn::profile_gradients(model.net(), profiled, sampling_set, policy, profile_options);
   VarianceReport report;
   report.fqt_passes = profile.fqt_passes;
   report.sampling_batches = profile.sampling_batches;

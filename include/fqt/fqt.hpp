@@ -6,5 +6,5 @@
 
 #include "fqt/nn.hpp"
 #include "fqt/quant.hpp"
-#include "fqt/stats/profile.hpp"
+#include "fqt/nn/profile.hpp"
 #include "fqt/stats/variance.hpp"

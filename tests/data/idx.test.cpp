@@ -15,6 +15,7 @@
 #include <system_error>
 #include <vector>
 
+#include "fqt/data/mnist.hpp"
 #include "support/skip.hpp"
 
 namespace fs = std::filesystem;

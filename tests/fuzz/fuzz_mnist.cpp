@@ -18,7 +18,7 @@
 #include <string>
 #include <vector>
 
-#include "fqt/data/idx.hpp"
+#include "fqt/data/mnist.hpp"
 #include "fuzz_support.hpp"
 
 namespace {

@@ -1,4 +1,4 @@
-#include "fqt/stats/profile.hpp"
+#include "fqt/nn/profile.hpp"
 
 #include <algorithm>
 #include <catch2/catch.hpp>
@@ -14,7 +14,6 @@ using fqt::Index;
 using fqt::Matrix;
 using fqt::Philox;
 namespace nn = fqt::nn;
-namespace stats = fqt::stats;
 
 namespace {
 
@@ -40,7 +39,7 @@ nn::Sequential<double> conv_linear_model() {
   return m;
 }
 
-stats::Batch<double> random_batch(std::uint64_t seed) {
+nn::Batch<double> random_batch(std::uint64_t seed) {
   return {nn_test::random_matrix(kBatch, 2 * 8 * 8, seed), nn::FeatureShape{2, 8, 8},
           nn_test::random_labels(kBatch, 5, seed)};
 }
@@ -53,8 +52,8 @@ nn::QuantPolicy fqt_policy(fqt::QuantizerKind q, int bits) {
   return p;
 }
 
-stats::ProfileOptions options(int passes, std::uint64_t seed) {
-  stats::ProfileOptions o;
+nn::ProfileOptions options(int passes, std::uint64_t seed) {
+  nn::ProfileOptions o;
   o.fqt_passes = passes;
   o.rng = Philox(seed);
   return o;
@@ -62,7 +61,7 @@ stats::ProfileOptions options(int passes, std::uint64_t seed) {
 
 // Σ of the quantization variance over the tensors of the two convolutions (layers 0 and 2): the
 // gradients that the grad-input quantizer's noise reaches.
-double conv_quantization_variance(const stats::GradientProfile& p) {
+double conv_quantization_variance(const nn::GradientProfile& p) {
   double v = 0;
   for (const auto& t : p.tensors) {
     if (t.name.rfind("0.", 0) == 0 || t.name.rfind("2.", 0) == 0) v += t.quantization_variance;
@@ -81,7 +80,7 @@ TEST_CASE("Theorem 1: the mean FQT gradient equals the QAT gradient within 6 sta
   const auto batch = random_batch(1);
   constexpr int kPasses = 1000;
   const auto policy = fqt_policy(quantizer, 4);
-  const auto profile = stats::profile_gradients(model, batch, {}, policy, options(kPasses, 2));
+  const auto profile = nn::profile_gradients(model, batch, {}, policy, options(kPasses, 2));
   REQUIRE(profile.tensors.size() == 6);
   for (const auto& t : profile.tensors) {
     CAPTURE(t.name, t.max_abs_z, t.mean_z_squared, t.bias_in_standard_errors, t.noisy_elements);
@@ -106,7 +105,7 @@ TEST_CASE("Theorem 1: the mean FQT gradient equals the QAT gradient within 6 sta
   SECTION("round-to-nearest gradients are biased and the check detects it") {
     auto nearest = policy;
     nearest.grad_input.rounding = nearest.grad_weight.rounding = fqt::RoundingMode::Nearest;
-    const auto biased = stats::profile_gradients(model, batch, {}, nearest, options(8, 3));
+    const auto biased = nn::profile_gradients(model, batch, {}, nearest, options(8, 3));
     CHECK_FALSE(biased.consistent_with_unbiased());
     for (std::size_t i = 0; i < profile.tensors.size(); ++i) {
       const auto& s = profile.tensors[i];
@@ -143,7 +142,7 @@ TEST_CASE("Theorem 2: the quantization variance falls about 4x per extra gradien
   std::vector<double> variance, standard_error;
   for (int bits = 4; bits <= 8; ++bits) {
     // A seed per bit width, so that the estimates are independent and their errors add.
-    const auto p = stats::profile_gradients(model, batch, {}, fqt_policy(quantizer, bits),
+    const auto p = nn::profile_gradients(model, batch, {}, fqt_policy(quantizer, bits),
                                             options(64, 5 + static_cast<std::uint64_t>(bits)));
     variance.push_back(p.quantization_variance());
     standard_error.push_back(p.quantization_variance_standard_error());
@@ -198,7 +197,7 @@ TEST_CASE("The profiler's variance and its standard error agree with the exact v
   const double exact =
       (element.rowwise().sum().array() * x_hat.rowwise().squaredNorm().array()).sum();
 
-  const auto p = stats::profile_gradients(model, batch, {}, policy, options(400, 13));
+  const auto p = nn::profile_gradients(model, batch, {}, policy, options(400, 13));
   const auto& t = p["5.weight"];
   CAPTURE(exact, t.quantization_variance, t.quantization_variance_standard_error);
   report() << "exact variance of 5.weight at " << bits << " bits: " << exact << ", measured "
@@ -258,7 +257,7 @@ TEST_CASE("Theorem 2: BHQ < PSQ < PTQ at 4 bits when a few samples have large lo
     policy.grad_input.kind = q;
     policy.grad_input.bits = 4;
     policy.grad_input.grid = policy.grad_weight.grid = grid;
-    const auto p = stats::profile_gradients(model, batch, {}, policy, options(128, 7));
+    const auto p = nn::profile_gradients(model, batch, {}, policy, options(128, 7));
     variance.push_back(conv_quantization_variance(p));
     report() << "theorem2 " << grid_name << " " << fqt::kind_info(q).name
              << " 4-bit: quantization variance of the conv gradients " << variance.back() << "\n";
@@ -277,13 +276,13 @@ TEST_CASE("profile_gradients reports sampling variance and leaves the model as i
           "[stats][profile]") {
   auto model = conv_linear_model();
   const auto batch = random_batch(8);
-  std::vector<stats::Batch<double>> batches;
+  std::vector<nn::Batch<double>> batches;
   for (std::uint64_t b = 0; b < 6; ++b) batches.push_back(random_batch(100 + b));
   const auto params = model.parameters();
   params[0].variable.accumulate_grad(Matrix<double>::Constant(4, 18, 3.0));
   const auto before = params[0].variable.value();
 
-  const auto p = stats::profile_gradients(
+  const auto p = nn::profile_gradients(
       model, batch, batches, fqt_policy(fqt::QuantizerKind::BlockHouseholder, 8), options(8, 9));
   CHECK(p.fqt_passes == 8);
   CHECK(p.sampling_batches == 6);
@@ -299,7 +298,7 @@ TEST_CASE("profile_gradients reports sampling variance and leaves the model as i
   // The sampling variance is Σ‖g_m − ḡ‖²/(M − 1) of the QAT gradients.
   std::vector<Matrix<double>> grads;
   for (const auto& b : batches) {
-    const auto q = stats::profile_gradients(model, b, {}, nn::QuantPolicy::with_mode(nn::Mode::QAT),
+    const auto q = nn::profile_gradients(model, b, {}, nn::QuantPolicy::with_mode(nn::Mode::QAT),
                                             options(2, 1));
     grads.push_back(q["2.weight"].qat_gradient);
     CHECK(q.quantization_variance() == 0);
@@ -313,6 +312,6 @@ TEST_CASE("profile_gradients reports sampling variance and leaves the model as i
   CHECK(params[0].variable.grad() == Matrix<double>::Constant(4, 18, 3.0));  // restored
   CHECK(params[0].variable.value() == before);
   CHECK_THROWS_AS(p["nope"], std::invalid_argument);
-  CHECK_THROWS_AS(stats::profile_gradients(model, batch, {}, nn::QuantPolicy{}, options(1, 1)),
+  CHECK_THROWS_AS(nn::profile_gradients(model, batch, {}, nn::QuantPolicy{}, options(1, 1)),
                   std::invalid_argument);
 }

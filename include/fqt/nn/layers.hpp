@@ -35,7 +35,7 @@ struct Context {
   bool training = true;    ///< BatchNorm2d: batch statistics (true) or running statistics
   bool update_running_statistics = true;  ///< BatchNorm2d: update running statistics in training
   /// When false, layers whose policy says FQT run as QAT: the same forward pass with
-  /// full-precision gradients (the reference of Theorem 1; see stats/profile.hpp).
+  /// full-precision gradients (the reference of Theorem 1; see nn/profile.hpp).
   bool quantize_gradients = true;
 };
 

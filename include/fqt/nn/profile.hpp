@@ -33,7 +33,7 @@
 #include "fqt/nn/policy.hpp"
 
 namespace fqt {
-namespace stats {
+namespace nn {
 
 /// \brief A labelled batch: inputs N × (C·H·W) with their per-sample shape, and N labels.
 template <class Scalar = float>
@@ -157,7 +157,7 @@ struct GradientProfile {
     for (const auto& t : tensors) {
       if (t.name == name) return t;
     }
-    check(false, "stats::GradientProfile", "no parameter named '", name, "'");
+    check(false, "nn::GradientProfile", "no parameter named '", name, "'");
     return tensors.front();
   }
 };
@@ -166,14 +166,14 @@ namespace detail {
 
 /// One backward pass: the gradients of every parameter (in double), for the given context.
 template <class Scalar>
-std::vector<Matrix<double>> parameter_gradients(nn::Module<Scalar>& model,
+std::vector<Matrix<double>> parameter_gradients(Module<Scalar>& model,
                                                 const std::vector<nn::Parameter<Scalar>>& params,
                                                 const Batch<Scalar>& batch,
-                                                const nn::Context& context,
+                                                const Context& context,
                                                 double label_smoothing) {
   for (const auto& p : params) p.variable.zero_grad();
-  nn::Tape<Scalar> tape;
-  const nn::Variable<Scalar> input(batch.inputs, batch.shape);
+  Tape<Scalar> tape;
+  const Variable<Scalar> input(batch.inputs, batch.shape);
   const auto logits = model.forward(tape, input, context);
   const auto loss = nn::softmax_cross_entropy(tape, logits, batch.labels, label_smoothing);
   tape.backward(loss);
@@ -194,10 +194,10 @@ std::vector<Matrix<double>> parameter_gradients(nn::Module<Scalar>& model,
 /// \param sampling_batches further batches for the sampling variance (M ≥ 2, or empty)
 /// \param policy the model's policy (normally Mode::FQT)
 template <class Scalar>
-GradientProfile profile_gradients(nn::Module<Scalar>& model, const Batch<Scalar>& batch,
+GradientProfile profile_gradients(Module<Scalar>& model, const Batch<Scalar>& batch,
                                   const std::vector<Batch<Scalar>>& sampling_batches,
-                                  const nn::QuantPolicy& policy, const ProfileOptions& options) {
-  constexpr const char* kWhere = "stats::profile_gradients";
+                                  const QuantPolicy& policy, const ProfileOptions& options) {
+  constexpr const char* kWhere = "nn::profile_gradients";
   check(options.fqt_passes >= 2, kWhere, "fqt_passes must be >= 2, got ", options.fqt_passes);
   check(sampling_batches.size() != 1, kWhere,
         "the sampling variance needs at least 2 batches (or none), got 1");
@@ -214,7 +214,7 @@ GradientProfile profile_gradients(nn::Module<Scalar>& model, const Batch<Scalar>
     }
   } restore{params, saved};
 
-  nn::Context context;
+  Context context;
   context.policy = policy;
   context.step = options.step;
   context.training = true;
@@ -299,5 +299,5 @@ GradientProfile profile_gradients(nn::Module<Scalar>& model, const Batch<Scalar>
   return profile;
 }
 
-}  // namespace stats
+}  // namespace nn
 }  // namespace fqt
