@@ -107,6 +107,20 @@ class BlockHouseholderTransform {
     }
   }
 
+  /// \brief y ← diag(1/s)·Pᵀ·blockdiag(H)·P·y in place: T⁻¹ without its row offsets, the part
+  /// that commutes with a product. An integer GEMM on BHQ's codes uses it: T⁻¹(Z)·W is
+  /// apply_inverse_linear(Z·W) plus c·(𝟙ᵀ·W).
+  /// \throws std::domain_error if a result is not finite
+  void apply_inverse_linear(MatrixRef<Scalar> y) const {
+    check_rows(y.rows(), "BlockHouseholderTransform::apply_inverse_linear");
+    Eigen::Matrix<Scalar, 1, Eigen::Dynamic> w(y.cols());
+    for (Index g = 0; g < groups(); ++g) {
+      check_domain(invert_group(y.data(), y.outerStride(), y.cols(), g, w.data(), false),
+                   "BlockHouseholderTransform::apply_inverse_linear",
+                   "a value of the result overflows");
+    }
+  }
+
   /// \brief w ← Σ_j (v_j·s_j)·(x_j − c_j) over the members j of group g, whose rows are
   /// x + r·stride (d elements each); w ← 0 for a group of one row.
   void mix(const Scalar* x, Index stride, Index d, Index g, Scalar* w) const {
@@ -134,10 +148,12 @@ class BlockHouseholderTransform {
     return detail::transformed_row(scale_(r), x + r * stride, shift_(r), v2, w, t, d, lo, hi);
   }
 
-  /// \brief The rows of group g of y (row r at y + r·stride) ← diag(1/s)·H·y + c, in place.
+  /// \brief The rows of group g of y (row r at y + r·stride) ← diag(1/s)·H·y + c, in place (without
+  /// + c when `with_offsets` is false).
   /// \param w workspace of d elements
   /// \return false if a result is not finite
-  bool invert_group(Scalar* y, Index stride, Index d, Index g, Scalar* w) const {
+  bool invert_group(Scalar* y, Index stride, Index d, Index g, Scalar* w,
+                    bool with_offsets = true) const {
     const Index m = group_size(g);
     if (m >= 2) {
       detail::scale_into(reflector(m, 0), y + member(g, 0) * stride, w, d);
@@ -149,7 +165,9 @@ class BlockHouseholderTransform {
       const Index r = member(g, j);
       Scalar* row = y + r * stride;
       if (m >= 2) detail::fma_into(-2 * reflector(m, j), w, row, d);
-      finite = detail::scale_shift_in_place(inv_scale_(r), shift_(r), row, d) && finite;
+      finite = detail::scale_shift_in_place(inv_scale_(r), with_offsets ? shift_(r) : Scalar(0),
+                                            row, d) &&
+               finite;
     }
     return finite;
   }
