@@ -14,8 +14,10 @@
 
 #include <CLI/CLI.hpp>
 #include <algorithm>
+#include <cctype>
 #include <chrono>
 #include <cstdio>
+#include <memory>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -24,7 +26,11 @@
 
 #include "common/quantizers.hpp"
 #include "fqt/core/parallel.hpp"
+#include "fqt/nn/backends/int8.hpp"
 #include "trainer/trainer.hpp"
+#ifdef FQT_TRAIN_DNNL
+#include "fqt/nn/backends/dnnl.hpp"
+#endif
 
 namespace {
 
@@ -62,6 +68,7 @@ struct Options {
   bool compare_flag = false, full = false;
   // quantization (single run)
   std::string grad_input = "bhq", grad_weight = "auto", grid = "zero";
+  std::string backend;  // float or int8; empty: int8 for a single run with oneDNN, else float
   int bits = 8, grad_weight_bits = 8, forward_bits = 8;
   // training
   fqt_train::TrainOptions train;
@@ -101,6 +108,22 @@ struct Options {
 };
 
 // ---- the command line ---------------------------------------------------------------------------
+
+#ifdef FQT_TRAIN_DNNL
+constexpr bool kHaveDnnl = true;
+#else
+constexpr bool kHaveDnnl = false;
+#endif
+
+// The backend named "float" (null: the simulated backend) or "int8".
+std::shared_ptr<const nn::Backend> backend_named(const std::string& name) {
+  if (name == "float") return nullptr;
+#ifdef FQT_TRAIN_DNNL
+  return nn::dnnl_backend();
+#else
+  return nn::int8_backend();
+#endif
+}
 
 std::string join(const std::vector<std::string>& values, const char* separator) {
   std::string joined;
@@ -145,13 +168,15 @@ void add_quantization_options(CLI::App& app, Options& o) {
   o.bits_opt = app.add_option("--bits,--grad-input-bits", o.bits, "grad-input bits, 1..8")
                    ->check(CLI::Range(1, 8))
                    ->capture_default_str();
-  std::vector<std::string> grad_weight_names =
-      fqt_examples::kind_names(fqt_examples::paired_grad_weight_kinds());
+  std::vector<std::string> grad_weight_names;
+  for (const auto& k : fqt::kQuantizerKinds) {
+    if (fqt::can_feed(k.kind, fqt::Contraction::Rows)) grad_weight_names.push_back(k.name);
+  }
   o.grad_weight_opt =
       app.add_option("--grad-weight", o.grad_weight,
                      "grad-weight quantizer Q_b2: " + join(grad_weight_names, ", ") +
                          ", or auto (the paper's pairing: ptq with PTQ, per-column with PSQ "
-                         "and BHQ)")
+                         "and BHQ; per-channel on the int8 backend)")
           ->check(CLI::IsMember(with_auto(grad_weight_names), CLI::ignore_case))
           ->capture_default_str();
   app.add_option("--grad-weight-bits", o.grad_weight_bits, "grad-weight bits, 1..8")
@@ -161,6 +186,13 @@ void add_quantization_options(CLI::App& app, Options& o) {
                  "bits of the forward quantizer Q_f (activations and weights), 1..8")
       ->check(CLI::Range(1, 8))
       ->capture_default_str();
+  app.add_option("--backend", o.backend,
+                 "who computes the products: float (float GEMMs on the dequantized values, the "
+                 "paper's simulation) or int8 (integer GEMMs on the codes" +
+                     std::string(kHaveDnnl ? ", on oneDNN" : ", portable engine") +
+                     "; PSQ/BHQ runs pair with per-channel grad-weight). Default: int8 for a "
+                     "single run where oneDNN is built in, float for the comparison")
+      ->check(CLI::IsMember({"float", "int8"}, CLI::ignore_case));
   o.grid_opt = app.add_option("--grid", o.grid,
                               "gradient grid: free (the paper's PSQ/BHQ grid) or zero (fqt's "
                               "zero-aligned grid, exact zeros stay exact)")
@@ -350,6 +382,13 @@ void resolve_policy(Options& o) {
                                 ? fqt_examples::paired_grad_weight(policy.grad_input.kind)
                                 : fqt::parse_quantizer_kind(o.grad_weight);
   fqt_examples::set_gradient_grid(policy, nn::parse_grid(o.grid));
+  if (o.backend.empty()) o.backend = !o.compare && kHaveDnnl ? "int8" : "float";
+  for (char& c : o.backend) c = static_cast<char>(std::tolower(static_cast<unsigned char>(c)));
+  policy.backend = backend_named(o.backend);
+  if (policy.backend && o.grad_weight == "auto") {
+    policy.grad_weight.kind =
+        fqt_examples::paired_grad_weight(policy.grad_input.kind, *policy.backend);
+  }
   o.train.validate();
   o.progress_style = fqt_train::parse_progress_style(o.progress_name);
 }
@@ -405,6 +444,7 @@ std::string policy_text(const nn::QuantPolicy& p, bool forward_only) {
       << " bits, grad-weight " << fqt_examples::kind_name(p.grad_weight.kind) << " "
       << p.grad_weight.bits << " bits, " << fqt_examples::grid_name(p.grad_input.grid) << " grid";
   }
+  if (p.quantizes_forward()) s << ", " << p.product_backend().name() << " backend";
   return s.str();
 }
 
@@ -448,11 +488,12 @@ void print_compare_header(const Options& o, const fqt_train::CompareOptions& opt
   std::printf("# fqt_train --compare%s\n\n", o.full ? " --full" : "");
   std::printf(
       "Exact, QAT and FQT with the grad-input quantizers %s at %s bits on the %s grid%s, "
-      "grad-weight at %d bits (PTQ for PTQ runs, per-column for PSQ/BHQ), forward %d bits; "
-      "same seed, data order, initial weights and schedule for every run.\n\n",
+      "grad-weight at %d bits (PTQ for PTQ runs, %s for PSQ/BHQ), forward %d bits, on the %s "
+      "backend; same seed, data order, initial weights and schedule for every run.\n\n",
       join(o.compare_quantizers, ", ").c_str(), join(options.bits).c_str(),
       join(o.compare_grids, " and ").c_str(), o.compare_grids.size() == 1 ? "" : "s",
-      o.grad_weight_bits, o.forward_bits);
+      o.grad_weight_bits, o.train.policy.backend ? "per-channel" : "per-column", o.forward_bits,
+      o.train.policy.product_backend().name());
   std::printf(
       "%s: %lld training images, %d epoch%s, batch %lld, %lld test images, %s, seed %llu; "
       "%zu runs, %d at a time (one thread each); variance profile with K = %d FQT passes "
@@ -509,12 +550,51 @@ void write_compare_files(const Options& o, const fqt_train::CompareOptions& opti
   }
 }
 
+// One epoch of the default recipe (FQT, BHQ 8-bit grad-input, PTQ 8-bit grad-weight, zero grid)
+// on each backend, beside an Exact epoch, one run at a time on one thread: what the integer
+// path gains on this model.
+void print_backend_timing(const Options& o, const Data& d) {
+  struct Timed {
+    const char* run;
+    nn::QuantPolicy policy;
+  };
+  nn::QuantPolicy fqt_float;
+  fqt_float.activation_bits = fqt_float.weight_bits = o.forward_bits;
+  nn::QuantPolicy fqt_int8 = fqt_float;
+  fqt_int8.backend = backend_named("int8");
+  const std::vector<Timed> runs = {{"exact", nn::QuantPolicy::with_mode(nn::Mode::Exact)},
+                                   {"fqt bhq-8-zero", fqt_float},
+                                   {"fqt bhq-8-zero", fqt_int8}};
+  std::printf("\nbackends: one epoch each of %lld images, batch %lld, one thread\n\n",
+              static_cast<long long>(d.train_set.size()),
+              static_cast<long long>(o.train.batch_size));
+  std::printf("| run | backend | s/epoch | vs Exact | test acc |\n|---|---|--:|--:|--:|\n");
+  const int saved = fqt::num_threads();
+  fqt::set_num_threads(1);
+  double exact_seconds = 0;
+  for (const Timed& r : runs) {
+    fqt_train::TrainOptions t = o.train;
+    t.epochs = 1;
+    t.policy = r.policy;
+    fqt_train::Model model(o.architecture, fqt_train::seed_stream(t.seed, fqt_train::Stream::Init));
+    fqt_train::Progress quiet(fqt_train::ProgressStyle::None);
+    const auto result = fqt_train::train(model, d.train_set, d.test_set, t, quiet);
+    const double seconds = result.seconds_per_epoch();
+    if (exact_seconds == 0) exact_seconds = seconds;
+    std::printf("| %s | %s | %.2f | %.2f | %.2f%% |\n", r.run, r.policy.product_backend().name(),
+                seconds, seconds / exact_seconds, 100 * result.final_test_accuracy);
+    std::fflush(stdout);
+  }
+  fqt::set_num_threads(saved);
+}
+
 void run_comparison(const Options& o, const Data& d) {
   const fqt_train::CompareOptions options = compare_options(o);
   print_compare_header(o, options, fqt_train::compare_runs(options).size(), d);
   const auto results =
       fqt_train::run_compare(o.architecture, options, d.train_set, d.test_set, o.progress_style);
   print_compare_report(o, results, d);
+  print_backend_timing(o, d);
   write_compare_files(o, options, results, d);
 }
 

@@ -85,6 +85,18 @@ inline fqt::QuantizerKind paired_grad_weight(fqt::QuantizerKind grad_input) {
                                                            : fqt::QuantizerKind::PerColumn;
 }
 
+/// \brief The paper's pairing as a backend can run it: on a backend that multiplies codes, the
+/// per-column grad-weight quantizer (one scale per (k, oy, ox) on a conv, which varies along its
+/// grad-weight contraction) becomes per-channel — the same quantizer on linear layers, and the
+/// per-(k) scale an integer conv GEMM applies.
+inline fqt::QuantizerKind paired_grad_weight(fqt::QuantizerKind grad_input,
+                                             const fqt::nn::Backend& backend) {
+  const fqt::QuantizerKind paired = paired_grad_weight(grad_input);
+  return backend.multiplies_codes() && !fqt::can_feed(paired, fqt::Contraction::RowsAndChannels)
+             ? fqt::QuantizerKind::PerChannel
+             : paired;
+}
+
 /// \brief The grad-weight quantizers paired_grad_weight gives the grad-input kinds, in table
 /// order: "ptq" and "column".
 inline std::vector<fqt::QuantizerKind> paired_grad_weight_kinds() {

@@ -89,7 +89,7 @@ inline std::vector<RunSpec> compare_runs(const CompareOptions& options) {
         r.policy.mode = nn::Mode::FQT;
         r.policy.grad_input.kind = q;
         r.policy.grad_input.bits = bits;
-        r.policy.grad_weight.kind = fqt_examples::paired_grad_weight(q);
+        r.policy.grad_weight.kind = fqt_examples::paired_grad_weight(q, base.product_backend());
         fqt_examples::set_gradient_grid(r.policy, grid);
         r.name = std::string(fqt_examples::kind_name(q)) + "-" + std::to_string(bits) + "-" +
                  fqt_examples::grid_name(grid);

@@ -5,8 +5,14 @@
 #include <cmath>
 #include <cstdlib>
 #include <iostream>
+#include <memory>
+#include <vector>
 
 #include "fqt/nn.hpp"
+#include "fqt/nn/backends/int8.hpp"
+#ifdef FQT_TEST_DNNL
+#include "fqt/nn/backends/dnnl.hpp"
+#endif
 #include "support/kinds.hpp"
 #include "support/nn_gradcheck.hpp"
 
@@ -130,6 +136,30 @@ TEST_CASE("Theorem 1: the mean FQT gradient equals the QAT gradient within 6 sta
       }
     }
   }
+}
+
+TEST_CASE("Theorem 1 holds on the int8 backend: integer products keep FQT unbiased",
+          "[stats][profile][statistical][int8]") {
+  std::vector<std::shared_ptr<const nn::Backend>> backends = {nn::int8_backend()};
+#ifdef FQT_TEST_DNNL
+  backends.push_back(nn::dnnl_backend());
+#endif
+  const auto backend = GENERATE_COPY(from_range(backends));
+  const auto quantizer = GENERATE(from_range(fqt_test::grad_input_kinds()));
+  CAPTURE(backend->name(), fqt::kind_info(quantizer).name);
+  auto model = conv_linear_model();
+  const auto batch = random_batch(1);
+  auto policy = fqt_policy(quantizer, 4);
+  policy.grad_weight.kind = fqt::QuantizerKind::PerChannel;  // integer-capable on conv
+  policy.backend = backend;
+  const auto profile = nn::profile_gradients(model, batch, {}, policy, options(500, 4));
+  REQUIRE(profile.tensors.size() == 6);
+  for (const auto& t : profile.tensors) {
+    CAPTURE(t.name, t.max_abs_z, t.bias_in_standard_errors);
+    CHECK(t.consistent_with_unbiased(6.0));
+    if (t.name != "5.bias") CHECK(t.quantization_variance > 0);
+  }
+  CHECK(profile.consistent_with_unbiased());
 }
 
 TEST_CASE("Theorem 2: the quantization variance falls about 4x per extra gradient bit",

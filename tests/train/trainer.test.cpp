@@ -19,6 +19,7 @@
 #include <string>
 #include <vector>
 
+#include "fqt/nn/backends/int8.hpp"
 #include "support/skip.hpp"
 
 namespace fs = std::filesystem;
@@ -390,6 +391,23 @@ TEST_CASE("The trainer's quantizer lists come from the catalogue's table", "[tra
     CHECK(fqt::can_feed(paired, fqt::Contraction::Rows));
     CHECK((paired == k) == (k == fqt::QuantizerKind::PerTensor));
   }
+  // On a backend that multiplies codes, the per-column pairing (which a conv's integer GEMM
+  // cannot run) becomes per-channel; PTQ keeps PTQ.
+  const auto int8 = fqt::nn::int8_backend();
+  fqt_train::CompareOptions on_int8;
+  on_int8.train.policy.backend = int8;
+  for (const auto& run : fqt_train::compare_runs(on_int8)) {
+    if (run.policy.mode != fqt::nn::Mode::FQT) continue;
+    CAPTURE(run.name);
+    const bool ptq = run.policy.grad_input.kind == fqt::QuantizerKind::PerTensor;
+    CHECK(run.policy.grad_weight.kind ==
+          (ptq ? fqt::QuantizerKind::PerTensor : fqt::QuantizerKind::PerChannel));
+    CHECK(run.policy.backend == int8);
+    CHECK_NOTHROW(run.policy.validate("test", fqt::Contraction::RowsAndChannels));
+  }
+  CHECK(fqt_examples::paired_grad_weight(fqt::QuantizerKind::PerSample,
+                                         fqt::nn::simulated_backend()) ==
+        fqt::QuantizerKind::PerColumn);
   CHECK(fqt_examples::or_list({"ptq", "psq", "bhq"}) == "ptq, psq or bhq");
   CHECK(fqt_examples::or_list({"ptq"}) == "ptq");
 }
