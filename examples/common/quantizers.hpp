@@ -16,19 +16,10 @@
 
 namespace fqt_examples {
 
-/// \brief The kinds of the table whose scales are constant along `contraction`, in table order.
-inline std::vector<fqt::QuantizerKind> kinds_feeding(fqt::Contraction contraction) {
-  std::vector<fqt::QuantizerKind> kinds;
-  for (const auto& k : fqt::kQuantizerKinds) {
-    if (fqt::can_feed(k.kind, contraction)) kinds.push_back(k.kind);
-  }
-  return kinds;
-}
-
 /// \brief The grad-input quantizers the examples compare, in table order (PTQ, PSQ, BHQ): the
 /// kinds whose scales are constant along the columns of G, which Q_b1(G)·W contracts.
 inline std::vector<fqt::QuantizerKind> grad_input_kinds() {
-  return kinds_feeding(fqt::Contraction::Columns);
+  return fqt::quantizer_kinds(fqt::Contraction::Columns);
 }
 
 /// \brief The gradient grids, in table order: the paper's Free grid, then fqt's zero-aligned grid.

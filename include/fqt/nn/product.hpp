@@ -105,16 +105,41 @@ void store_forward_operand(const QuantPolicy& policy, const QuantizerSpec& spec,
   detail::naming_argument(where, what, [&] { store.quantize(spec, x, Philox(), codes); });
 }
 
-/// \brief Q_b(g) for one backward product in the form the policy's backend multiplies, into
-/// `store`, drawing from `stream`. Its range scan is the only pass over g before the quantizer's
-/// own: NaN/Inf in g throw std::domain_error naming `where` and "grad_output".
+/// \brief The output gradient as the two backward products of a GEMM op take it.
 template <class Scalar>
-Operand<Scalar> quantized_gradient(const QuantPolicy& policy, const QuantizerSpec& spec,
-                                   const MatrixCRef<Scalar>& g, const Philox& stream,
-                                   OperandStore<Scalar>& store, const char* where) {
+struct GradientOperands {
+  Operand<Scalar> grad_input;   ///< Q_b1(G) (G itself outside Mode::FQT)
+  Operand<Scalar> grad_weight;  ///< Q_b2(G) (G itself outside Mode::FQT)
+};
+
+/// \brief Quantizes G for the products a backward pass computes (`want_input`, `want_weight`)
+/// in Mode::FQT — Q_b1 with streams.grad_input into `for_input`, Q_b2 for a layer of `channels`
+/// output channels with streams.grad_weight into `for_weight` — in the form the policy's backend
+/// multiplies. G is read once for NaN/Inf: by the first quantizer's range scan, or, when nothing
+/// is quantized, by a check. Errors name `where` and "grad_output"; both quantizations run (and
+/// may throw) before the caller writes any output.
+template <class Scalar>
+GradientOperands<Scalar> gradient_operands(const QuantPolicy& policy, const MatrixCRef<Scalar>& g,
+                                           const GradientStreams& streams, Index channels,
+                                           bool want_input, bool want_weight,
+                                           OperandStore<Scalar>& for_input,
+                                           OperandStore<Scalar>& for_weight, const char* where) {
+  GradientOperands<Scalar> ops{Operand<Scalar>::values(g), Operand<Scalar>::values(g)};
+  const bool quantize = policy.quantizes_backward() && (want_input || want_weight);
+  if (!quantize) {
+    detail::check_finite(g, where, "grad_output");
+    return ops;
+  }
   const bool codes = policy.product_backend().multiplies_codes();
-  detail::naming_argument(where, "grad_output", [&] { store.quantize(spec, g, stream, codes); });
-  return store.operand();
+  detail::naming_argument(where, "grad_output", [&] {
+    if (want_input) for_input.quantize(policy.grad_input, g, streams.grad_input, codes);
+    if (want_weight) {
+      for_weight.quantize(policy.grad_weight_spec(channels), g, streams.grad_weight, codes);
+    }
+  });
+  if (want_input) ops.grad_input = for_input.operand();
+  if (want_weight) ops.grad_weight = for_weight.operand();
+  return ops;
 }
 
 }  // namespace nn

@@ -18,6 +18,7 @@
 #include <type_traits>
 #include <utility>
 #include <variant>
+#include <vector>
 
 #include "fqt/core/error.hpp"
 #include "fqt/core/matrix.hpp"
@@ -112,6 +113,16 @@ inline std::string quantizer_kind_names() {
   std::string names;
   for (const auto& k : kQuantizerKinds) names += (names.empty() ? "" : ", ") + std::string(k.name);
   return names;
+}
+
+/// \brief The kinds whose scales are constant along `contraction` (those that can_feed it), in
+/// table order: e.g. PerTensor, PerSample, BlockHouseholder for Contraction::Columns.
+inline std::vector<QuantizerKind> quantizer_kinds(Contraction contraction) {
+  std::vector<QuantizerKind> kinds;
+  for (const auto& k : kQuantizerKinds) {
+    if (can_feed(k.kind, contraction)) kinds.push_back(k.kind);
+  }
+  return kinds;
 }
 
 /// \brief The names of the kinds whose scales are constant along `contraction` (those that

@@ -145,25 +145,14 @@ void conv2d_backward(const detail::ConstMatrix<Scalar>& grad_output, Conv2dCache
 
   const QuantPolicy& policy = cache.policy;
   const bool want_input = grad_input.size() > 0, want_weight = grad_weight.size() > 0;
-  const bool quantize = policy.quantizes_backward() && (want_input || want_weight);
-  // A quantizer's range scan checks G for NaN/Inf; without one, this check does.
-  if (!quantize) detail::check_finite(grad_output, kWhere, "grad_output");
-  const Operand<Scalar> gv = Operand<Scalar>::values(grad_output);
   // Both quantizations (which can throw) run before any output is written.
-  const Operand<Scalar> g_input =
-      quantize && want_input
-          ? quantized_gradient<Scalar>(policy, policy.grad_input, grad_output, streams.grad_input,
-                                       cache.grad_for_input, kWhere)
-          : gv;
-  const Operand<Scalar> g_weight =
-      quantize && want_weight
-          ? quantized_gradient<Scalar>(policy, policy.grad_weight_spec(k), grad_output,
-                                       streams.grad_weight, cache.grad_for_weight, kWhere)
-          : gv;
+  const GradientOperands<Scalar> gq =
+      gradient_operands<Scalar>(policy, grad_output, streams, k, want_input, want_weight,
+                                cache.grad_for_input, cache.grad_for_weight, kWhere);
   const Backend& backend = policy.product_backend();
   if (want_input)
-    backend.conv_grad_input(g, g_input, cache.weight.operand(), grad_input, cache.state);
-  if (want_weight) backend.conv_grad_weight(g, g_weight, grad_weight, cache.state);
+    backend.conv_grad_input(g, gq.grad_input, cache.weight.operand(), grad_input, cache.state);
+  if (want_weight) backend.conv_grad_weight(g, gq.grad_weight, grad_weight, cache.state);
   if (grad_bias.size() > 0) {
     for (Index s = 0; s < n; ++s) {
       grad_bias +=

@@ -109,26 +109,15 @@ void linear_backward(const detail::ConstMatrix<Scalar>& grad_output, LinearCache
 
   const QuantPolicy& policy = cache.policy;
   const bool want_input = grad_input.size() > 0, want_weight = grad_weight.size() > 0;
-  const bool quantize = policy.quantizes_backward() && (want_input || want_weight);
-  // A quantizer's range scan checks G for NaN/Inf; without one, this check does.
-  if (!quantize) detail::check_finite(grad_output, kWhere, "grad_output");
-  const Operand<Scalar> g = Operand<Scalar>::values(grad_output);
   // Both quantizations (which can throw) run before any output is written.
-  const Operand<Scalar> g_input =
-      quantize && want_input
-          ? quantized_gradient<Scalar>(policy, policy.grad_input, grad_output, streams.grad_input,
-                                       cache.grad_for_input, kWhere)
-          : g;
-  const Operand<Scalar> g_weight =
-      quantize && want_weight
-          ? quantized_gradient<Scalar>(policy, policy.grad_weight_spec(out), grad_output,
-                                       streams.grad_weight, cache.grad_for_weight, kWhere)
-          : g;
+  const GradientOperands<Scalar> g =
+      gradient_operands<Scalar>(policy, grad_output, streams, out, want_input, want_weight,
+                                cache.grad_for_input, cache.grad_for_weight, kWhere);
   const Backend& backend = policy.product_backend();
   if (want_input)
-    backend.linear_grad_input(g_input, cache.weight.operand(), grad_input, cache.state);
+    backend.linear_grad_input(g.grad_input, cache.weight.operand(), grad_input, cache.state);
   if (want_weight)
-    backend.linear_grad_weight(g_weight, cache.input.operand(), grad_weight, cache.state);
+    backend.linear_grad_weight(g.grad_weight, cache.input.operand(), grad_weight, cache.state);
   // Full precision, a fixed summation order.
   if (grad_bias.size() > 0) {
     for (Index i = 0; i < n; ++i) grad_bias += grad_output.row(i).transpose();
