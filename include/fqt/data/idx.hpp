@@ -165,8 +165,8 @@ inline std::string hex_byte(unsigned value) {
   return std::string("0x") + digits[(value >> 4) & 0xF] + digits[value & 0xF];
 }
 
-inline IdxArray read_idx(const std::filesystem::path& path, std::uint64_t max_bytes,
-                         const char* where) {
+// Opens an existing, non-directory file for reading through zlib (plain or gzip).
+inline GzFilePtr open_idx_file(const std::filesystem::path& path, const char* where) {
   std::error_code status_error;
   const auto status = std::filesystem::status(path, status_error);
   if (!std::filesystem::exists(status)) fail<io_error>(where, path, "no such file");
@@ -176,9 +176,14 @@ inline IdxArray read_idx(const std::filesystem::path& path, std::uint64_t max_by
   GzFilePtr file(gzopen(path.string().c_str(), "rb"));
   if (!file) fail<io_error>(where, path, "cannot open: ", errno_message(errno));
   gzbuffer(file.get(), 1u << 18);
+  return file;
+}
 
+// Reads and validates the 4-byte magic number; returns the number of dimensions (1 to 255).
+inline std::size_t read_idx_magic(gzFile_s* file, const char* where,
+                                  const std::filesystem::path& path) {
   std::uint8_t magic[4] = {};
-  const std::size_t magic_got = gz_read_fully(file.get(), magic, 4, where, path);
+  const std::size_t magic_got = gz_read_fully(file, magic, 4, where, path);
   if (magic_got < 4) {
     fail<format_error>(where, path, "truncated header: expected a 4-byte magic number, got ",
                        magic_got, " bytes");
@@ -200,23 +205,35 @@ inline IdxArray read_idx(const std::filesystem::path& path, std::uint64_t max_by
   }
   const std::size_t ndims = magic[3];
   if (ndims == 0) fail<format_error>(where, path, "wrong magic number: zero dimensions");
+  return ndims;
+}
 
+// Reads the `ndims` big-endian uint32 dimensions that follow the magic number.
+inline std::vector<std::uint32_t> read_idx_dims(gzFile_s* file, std::size_t ndims,
+                                                const char* where,
+                                                const std::filesystem::path& path) {
   std::uint8_t dim_bytes[4 * 255] = {};
-  const std::size_t dims_got = gz_read_fully(file.get(), dim_bytes, 4 * ndims, where, path);
+  const std::size_t dims_got = gz_read_fully(file, dim_bytes, 4 * ndims, where, path);
   if (dims_got < 4 * ndims) {
     fail<format_error>(where, path, "truncated header: expected ", 4 * ndims, " bytes of ", ndims,
                        " dimensions, got ", dims_got);
   }
-
-  IdxArray array;
-  array.dims.resize(ndims);
-  bool empty = false;
+  std::vector<std::uint32_t> dims(ndims);
   for (std::size_t d = 0; d < ndims; ++d) {
     const std::uint8_t* b = dim_bytes + 4 * d;
-    array.dims[d] = (std::uint32_t{b[0]} << 24) | (std::uint32_t{b[1]} << 16) |
-                    (std::uint32_t{b[2]} << 8) | std::uint32_t{b[3]};
-    empty = empty || array.dims[d] == 0;
+    dims[d] = (std::uint32_t{b[0]} << 24) | (std::uint32_t{b[1]} << 16) |
+              (std::uint32_t{b[2]} << 8) | std::uint32_t{b[3]};
   }
+  return dims;
+}
+
+// The payload size the dimensions declare, checked (with its non-zero factors) against the limit.
+inline std::uint64_t idx_payload_bytes(const std::vector<std::uint32_t>& dims,
+                                       std::uint64_t max_bytes, const char* where,
+                                       const std::filesystem::path& path) {
+  const std::size_t ndims = dims.size();
+  bool empty = false;
+  for (std::size_t d = 0; d < ndims; ++d) empty = empty || dims[d] == 0;
   // Cap the limit so that products below stay far from overflow and fit a size_t and an Index.
   const std::uint64_t limit = std::min<std::uint64_t>(
       {max_bytes, std::numeric_limits<std::size_t>::max(),
@@ -227,11 +244,11 @@ inline IdxArray read_idx(const std::filesystem::path& path, std::uint64_t max_by
   // the product of every subset of the dimensions.
   std::uint64_t nonzero_product = 1;
   for (std::size_t d = 0; d < ndims; ++d) {
-    if (array.dims[d] == 0) continue;
-    if (nonzero_product > limit / array.dims[d]) {
+    if (dims[d] == 0) continue;
+    if (nonzero_product > limit / dims[d]) {
       std::string shape;
       for (std::size_t e = 0; e < ndims; ++e) {
-        shape += (e == 0 ? "" : " x ") + std::to_string(array.dims[e]);
+        shape += (e == 0 ? "" : " x ") + std::to_string(dims[e]);
       }
       if (empty) {
         fail<format_error>(where, path, "dimensions ", shape,
@@ -241,50 +258,69 @@ inline IdxArray read_idx(const std::filesystem::path& path, std::uint64_t max_by
       fail<format_error>(where, path, "dimensions ", shape, " declare more than the limit of ",
                          limit, " bytes");
     }
-    nonzero_product *= array.dims[d];
+    nonzero_product *= dims[d];
   }
-  const std::uint64_t expected = empty ? 0 : nonzero_product;
+  return empty ? 0 : nonzero_product;
+}
 
-  // Check the declared size against the file before allocating it.
-  const std::uint64_t header_bytes = 4 + 4 * ndims;
+// Checks the declared payload against the file size (plain: exactly; gzip: deflate's bound).
+inline void check_idx_file_size(gzFile_s* file, std::uint64_t header_bytes, std::uint64_t expected,
+                                const char* where, const std::filesystem::path& path) {
   std::error_code size_error;
   const std::uint64_t file_bytes = std::filesystem::file_size(path, size_error);
-  if (!size_error) {
-    if (gzdirect(file.get()) == 1) {
-      const std::uint64_t got = file_bytes > header_bytes ? file_bytes - header_bytes : 0;
-      if (got < expected) {
-        fail<format_error>(where, path, "truncated data: expected ", expected, " bytes, got ", got);
-      }
-      if (got > expected) {
-        fail<format_error>(where, path, "trailing garbage: ", got - expected, " bytes after the ",
-                           expected, " data bytes the header declares");
-      }
-    } else {
-      // Deflate codes at best 258 repeated bytes in 2 bits: no gzip file expands beyond 1032:1.
-      constexpr std::uint64_t deflate_max_expansion = 1032;
-      const std::uint64_t most =
-          file_bytes > std::numeric_limits<std::uint64_t>::max() / deflate_max_expansion
-              ? std::numeric_limits<std::uint64_t>::max()
-              : file_bytes * deflate_max_expansion;
-      if (header_bytes + expected > most) {
-        fail<format_error>(where, path, "truncated data: the header declares ", expected,
-                           " bytes, more than a gzip file of ", file_bytes,
-                           " bytes can hold (at most ", most, " bytes uncompressed)");
-      }
+  if (size_error) return;
+  if (gzdirect(file) == 1) {
+    const std::uint64_t got = file_bytes > header_bytes ? file_bytes - header_bytes : 0;
+    if (got < expected) {
+      fail<format_error>(where, path, "truncated data: expected ", expected, " bytes, got ", got);
+    }
+    if (got > expected) {
+      fail<format_error>(where, path, "trailing garbage: ", got - expected, " bytes after the ",
+                         expected, " data bytes the header declares");
+    }
+  } else {
+    // Deflate codes at best 258 repeated bytes in 2 bits: no gzip file expands beyond 1032:1.
+    constexpr std::uint64_t deflate_max_expansion = 1032;
+    const std::uint64_t most =
+        file_bytes > std::numeric_limits<std::uint64_t>::max() / deflate_max_expansion
+            ? std::numeric_limits<std::uint64_t>::max()
+            : file_bytes * deflate_max_expansion;
+    if (header_bytes + expected > most) {
+      fail<format_error>(where, path, "truncated data: the header declares ", expected,
+                         " bytes, more than a gzip file of ", file_bytes,
+                         " bytes can hold (at most ", most, " bytes uncompressed)");
     }
   }
+}
 
-  array.data.resize(static_cast<std::size_t>(expected));
-  const std::size_t got =
-      gz_read_fully(file.get(), array.data.data(), array.data.size(), where, path);
-  if (got < array.data.size()) {
+// Reads exactly `expected` payload bytes and checks that nothing follows them.
+inline std::vector<std::uint8_t> read_idx_payload(gzFile_s* file, std::uint64_t expected,
+                                                  const char* where,
+                                                  const std::filesystem::path& path) {
+  std::vector<std::uint8_t> data(static_cast<std::size_t>(expected));
+  const std::size_t got = gz_read_fully(file, data.data(), data.size(), where, path);
+  if (got < data.size()) {
     fail<format_error>(where, path, "truncated data: expected ", expected, " bytes, got ", got);
   }
   std::uint8_t extra = 0;
-  if (gz_read_fully(file.get(), &extra, 1, where, path) != 0) {
+  if (gz_read_fully(file, &extra, 1, where, path) != 0) {
     fail<format_error>(where, path, "trailing garbage: more data after the ", expected,
                        " data bytes the header declares");
   }
+  return data;
+}
+
+// read_idx, naming `where` in its error messages: header, size checks, then the payload.
+inline IdxArray read_idx(const std::filesystem::path& path, std::uint64_t max_bytes,
+                         const char* where) {
+  const GzFilePtr file = open_idx_file(path, where);
+  const std::size_t ndims = read_idx_magic(file.get(), where, path);
+  IdxArray array;
+  array.dims = read_idx_dims(file.get(), ndims, where, path);
+  const std::uint64_t expected = idx_payload_bytes(array.dims, max_bytes, where, path);
+  const std::uint64_t header_bytes = 4 + 4 * ndims;
+  check_idx_file_size(file.get(), header_bytes, expected, where, path);
+  array.data = read_idx_payload(file.get(), expected, where, path);
   return array;
 }
 

@@ -168,8 +168,7 @@ namespace detail {
 template <class Scalar>
 std::vector<Matrix<double>> parameter_gradients(Module<Scalar>& model,
                                                 const std::vector<nn::Parameter<Scalar>>& params,
-                                                const Batch<Scalar>& batch,
-                                                const Context& context,
+                                                const Batch<Scalar>& batch, const Context& context,
                                                 double label_smoothing) {
   for (const auto& p : params) p.variable.zero_grad();
   Tape<Scalar> tape;
@@ -181,6 +180,99 @@ std::vector<Matrix<double>> parameter_gradients(Module<Scalar>& model,
   grads.reserve(params.size());
   for (const auto& p : params) grads.push_back(p.variable.grad().template cast<double>());
   return grads;
+}
+
+/// The context of every profiling pass: training mode, running statistics left untouched.
+inline Context profile_context(const QuantPolicy& policy, const ProfileOptions& options) {
+  Context context;
+  context.policy = policy;
+  context.step = options.step;
+  context.training = true;
+  context.update_running_statistics = false;
+  return context;
+}
+
+/// Names each tensor profile, stores its QAT gradient and zeroes its FQT accumulators.
+template <class Scalar>
+void start_tensor_profiles(std::vector<TensorProfile>& tensors,
+                           const std::vector<nn::Parameter<Scalar>>& params,
+                           const std::vector<Matrix<double>>& qat, int fqt_passes) {
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    tensors[i].name = params[i].name;
+    tensors[i].qat_gradient = qat[i];
+    tensors[i].fqt_mean = Matrix<double>::Zero(qat[i].rows(), qat[i].cols());
+    tensors[i].fqt_variance = Matrix<double>::Zero(qat[i].rows(), qat[i].cols());
+    tensors[i].squared_errors.reserve(static_cast<std::size_t>(fqt_passes));
+  }
+}
+
+/// Runs the K FQT passes (Welford's running mean and squared deviations, per-pass errors).
+template <class Scalar>
+void accumulate_fqt_passes(Module<Scalar>& model, const std::vector<nn::Parameter<Scalar>>& params,
+                           const Batch<Scalar>& batch, const ProfileOptions& options,
+                           Context& context, std::vector<TensorProfile>& tensors) {
+  const int k_passes = options.fqt_passes;
+  for (int k = 0; k < k_passes; ++k) {
+    context.rng = options.rng.substream(static_cast<std::uint64_t>(k));
+    const auto g =
+        detail::parameter_gradients(model, params, batch, context, options.label_smoothing);
+    for (std::size_t i = 0; i < params.size(); ++i) {
+      auto& t = tensors[i];
+      t.squared_errors.push_back((g[i] - t.qat_gradient).squaredNorm());
+      const Matrix<double> delta = g[i] - t.fqt_mean;
+      t.fqt_mean += delta / static_cast<double>(k + 1);
+      t.fqt_variance += delta.cwiseProduct(g[i] - t.fqt_mean);
+    }
+  }
+}
+
+/// Turns a tensor's accumulated K passes into its variance, bias and Theorem 1 z-score statistics.
+inline void finish_tensor_profile(TensorProfile& t, double k_count) {
+  t.fqt_variance /= k_count - 1;
+  t.quantization_variance = t.fqt_variance.sum();
+  t.quantization_variance_standard_error =
+      detail::variance_standard_error(t.squared_errors, t.quantization_variance);
+  const Matrix<double> bias = t.fqt_mean - t.qat_gradient;
+  t.bias_norm = bias.norm();
+  t.bias_standard_error = std::sqrt(t.quantization_variance / k_count);
+  t.bias_in_standard_errors = t.bias_standard_error > 0
+                                  ? t.bias_norm / t.bias_standard_error
+                                  : (t.bias_norm > 0 ? std::numeric_limits<double>::infinity() : 0);
+  double z2 = 0;
+  for (Index j = 0; j < bias.size(); ++j) {
+    const double var = t.fqt_variance.data()[j];
+    if (!(var > 0)) continue;
+    const double z = bias.data()[j] / std::sqrt(var / k_count);
+    t.max_abs_z = std::max(t.max_abs_z, std::abs(z));
+    z2 += z * z;
+    ++t.noisy_elements;
+  }
+  t.mean_z_squared = t.noisy_elements > 0 ? z2 / static_cast<double>(t.noisy_elements) : 0;
+}
+
+/// Sets each tensor's sampling variance from the QAT gradients of the M ≥ 2 sampling batches.
+template <class Scalar>
+void add_sampling_variances(Module<Scalar>& model, const std::vector<nn::Parameter<Scalar>>& params,
+                            const std::vector<Batch<Scalar>>& sampling_batches,
+                            const Context& context, double label_smoothing,
+                            std::vector<TensorProfile>& tensors) {
+  std::vector<Matrix<double>> mean(params.size()), m2(params.size());
+  for (std::size_t b = 0; b < sampling_batches.size(); ++b) {
+    const auto g =
+        detail::parameter_gradients(model, params, sampling_batches[b], context, label_smoothing);
+    for (std::size_t i = 0; i < params.size(); ++i) {
+      if (b == 0) {
+        mean[i] = Matrix<double>::Zero(g[i].rows(), g[i].cols());
+        m2[i] = Matrix<double>::Zero(g[i].rows(), g[i].cols());
+      }
+      const Matrix<double> delta = g[i] - mean[i];
+      mean[i] += delta / static_cast<double>(b + 1);
+      m2[i] += delta.cwiseProduct(g[i] - mean[i]);
+    }
+  }
+  for (std::size_t i = 0; i < params.size(); ++i) {
+    tensors[i].sampling_variance = m2[i].sum() / static_cast<double>(sampling_batches.size() - 1);
+  }
 }
 
 }  // namespace detail
@@ -214,11 +306,7 @@ GradientProfile profile_gradients(Module<Scalar>& model, const Batch<Scalar>& ba
     }
   } restore{params, saved};
 
-  Context context;
-  context.policy = policy;
-  context.step = options.step;
-  context.training = true;
-  context.update_running_statistics = false;
+  Context context = detail::profile_context(policy, options);
 
   GradientProfile profile;
   profile.fqt_passes = options.fqt_passes;
@@ -228,73 +316,17 @@ GradientProfile profile_gradients(Module<Scalar>& model, const Batch<Scalar>& ba
   context.quantize_gradients = false;
   const auto qat =
       detail::parameter_gradients(model, params, batch, context, options.label_smoothing);
-  for (std::size_t i = 0; i < params.size(); ++i) {
-    profile.tensors[i].name = params[i].name;
-    profile.tensors[i].qat_gradient = qat[i];
-    profile.tensors[i].fqt_mean = Matrix<double>::Zero(qat[i].rows(), qat[i].cols());
-    profile.tensors[i].fqt_variance = Matrix<double>::Zero(qat[i].rows(), qat[i].cols());
-    profile.tensors[i].squared_errors.reserve(static_cast<std::size_t>(options.fqt_passes));
-  }
+  detail::start_tensor_profiles(profile.tensors, params, qat, options.fqt_passes);
 
-  // Welford's running mean and sum of squared deviations of the K FQT gradients.
   context.quantize_gradients = true;
-  const int k_passes = options.fqt_passes;
-  for (int k = 0; k < k_passes; ++k) {
-    context.rng = options.rng.substream(static_cast<std::uint64_t>(k));
-    const auto g =
-        detail::parameter_gradients(model, params, batch, context, options.label_smoothing);
-    for (std::size_t i = 0; i < params.size(); ++i) {
-      auto& t = profile.tensors[i];
-      t.squared_errors.push_back((g[i] - t.qat_gradient).squaredNorm());
-      const Matrix<double> delta = g[i] - t.fqt_mean;
-      t.fqt_mean += delta / static_cast<double>(k + 1);
-      t.fqt_variance += delta.cwiseProduct(g[i] - t.fqt_mean);
-    }
-  }
-  const double k_count = static_cast<double>(k_passes);
-  for (auto& t : profile.tensors) {
-    t.fqt_variance /= k_count - 1;
-    t.quantization_variance = t.fqt_variance.sum();
-    t.quantization_variance_standard_error =
-        detail::variance_standard_error(t.squared_errors, t.quantization_variance);
-    const Matrix<double> bias = t.fqt_mean - t.qat_gradient;
-    t.bias_norm = bias.norm();
-    t.bias_standard_error = std::sqrt(t.quantization_variance / k_count);
-    t.bias_in_standard_errors =
-        t.bias_standard_error > 0 ? t.bias_norm / t.bias_standard_error
-                                  : (t.bias_norm > 0 ? std::numeric_limits<double>::infinity() : 0);
-    double z2 = 0;
-    for (Index j = 0; j < bias.size(); ++j) {
-      const double var = t.fqt_variance.data()[j];
-      if (!(var > 0)) continue;
-      const double z = bias.data()[j] / std::sqrt(var / k_count);
-      t.max_abs_z = std::max(t.max_abs_z, std::abs(z));
-      z2 += z * z;
-      ++t.noisy_elements;
-    }
-    t.mean_z_squared = t.noisy_elements > 0 ? z2 / static_cast<double>(t.noisy_elements) : 0;
-  }
+  detail::accumulate_fqt_passes(model, params, batch, options, context, profile.tensors);
+  const double k_count = static_cast<double>(options.fqt_passes);
+  for (auto& t : profile.tensors) detail::finish_tensor_profile(t, k_count);
 
   if (sampling_batches.size() >= 2) {
     context.quantize_gradients = false;
-    std::vector<Matrix<double>> mean(params.size()), m2(params.size());
-    for (std::size_t b = 0; b < sampling_batches.size(); ++b) {
-      const auto g = detail::parameter_gradients(model, params, sampling_batches[b], context,
-                                                 options.label_smoothing);
-      for (std::size_t i = 0; i < params.size(); ++i) {
-        if (b == 0) {
-          mean[i] = Matrix<double>::Zero(g[i].rows(), g[i].cols());
-          m2[i] = Matrix<double>::Zero(g[i].rows(), g[i].cols());
-        }
-        const Matrix<double> delta = g[i] - mean[i];
-        mean[i] += delta / static_cast<double>(b + 1);
-        m2[i] += delta.cwiseProduct(g[i] - mean[i]);
-      }
-    }
-    for (std::size_t i = 0; i < params.size(); ++i) {
-      profile.tensors[i].sampling_variance =
-          m2[i].sum() / static_cast<double>(sampling_batches.size() - 1);
-    }
+    detail::add_sampling_variances(model, params, sampling_batches, context,
+                                   options.label_smoothing, profile.tensors);
   }
   return profile;
 }
