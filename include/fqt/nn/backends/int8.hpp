@@ -82,7 +82,7 @@ class Int8Backend final : public BackendFor<Int8Backend> {
     detail::columns_of(
         qw, out, in, [](Index j) { return std::pair<Index, Index>(j, 0); },
         [&](Index j) { return detail::code_sum(qw.codes.data() + j * in, in, 1); }, e);
-    e.apply(state.s.data(), out, y.data(), y.outerStride(), false);
+    e.apply(state.s.data(), out, y.data(), y.outerStride(), false, in, detail::max_code(qx));
   }
 
   template <class Scalar>
@@ -108,7 +108,7 @@ class Int8Backend final : public BackendFor<Int8Backend> {
     detail::columns_of(
         qw, in, out, [](Index) { return std::pair<Index, Index>(0, 0); },
         [&](Index j) { return state.sums[static_cast<std::size_t>(j)]; }, e);
-    e.apply(state.s.data(), in, dx.data(), dx.outerStride(), false);
+    e.apply(state.s.data(), in, dx.data(), dx.outerStride(), false, out, detail::max_code(qg));
     if (qg.transform) {
       // T⁻¹(Z)·Ŵ = apply_inverse_linear(Z·Ŵ) + c·(𝟙ᵀŴ); 𝟙ᵀŴ from Ŵ's column code sums.
       qg.transform->apply_inverse_linear(dx);
@@ -147,7 +147,7 @@ class Int8Backend final : public BackendFor<Int8Backend> {
       detail::columns_of(
           qx, in, rows, [](Index) { return std::pair<Index, Index>(0, 0); },
           [&](Index j) { return state.sums[static_cast<std::size_t>(j)]; }, e);
-      e.apply(state.s.data(), in, dw.data(), dw.outerStride(), true);
+      e.apply(state.s.data(), in, dw.data(), dw.outerStride(), true, rows, detail::max_code(qg));
     }
   }
 
@@ -183,7 +183,8 @@ class Int8Backend final : public BackendFor<Int8Backend> {
     for (Index s = 0; s < n; ++s) {
       for (Index p = 0; p < plane; ++p)
         e.col_sum(p) = double(state.col_sums(s * plane + p)) - double(patch) * zx;
-      e.apply(state.s.data() + s * k * plane, plane, y.data() + s * y.outerStride(), plane, false);
+      e.apply(state.s.data() + s * k * plane, plane, y.data() + s * y.outerStride(), plane, false,
+              patch, detail::max_code(qw));
     }
     if (state.pad_error != 0) {
       // The padded taps took code P instead of the zero point z: subtract s_x·(P − z)·(Ŵ·M).
@@ -233,7 +234,8 @@ class Int8Backend final : public BackendFor<Int8Backend> {
       detail::column_sums(gs, k, plane, plane, state.sums);
       for (Index p = 0; p < plane; ++p)
         e.col_sum(p) = double(state.sums[static_cast<std::size_t>(p)]) - double(k) * zg;
-      e.apply(state.s.data() + s * patch * plane, plane, state.dcols.data(), plane, false);
+      e.apply(state.s.data() + s * patch * plane, plane, state.dcols.data(), plane, false, k,
+              detail::max_code(qw));
       Scalar* xs = dx.data() + s * dx.outerStride();
       std::fill(xs, xs + geo.input_size(), Scalar(0));
       detail::col2im_add(state.dcols.data(), geo, xs);
@@ -294,7 +296,8 @@ class Int8Backend final : public BackendFor<Int8Backend> {
         for (Index j = 0; j < depth; ++j) sum += row[j] + 128;
         e.col_sum(t) = double(sum) - double(depth) * state.zx;
       }
-      e.apply(state.s.data(), patch, dw.data(), dw.outerStride(), true);
+      e.apply(state.s.data(), patch, dw.data(), dw.outerStride(), true, depth,
+              detail::max_code(qg));
     }
     if (state.pad_error != 0) {
       // Subtract s_x·(P − z)·(Σ_s Ĝ_s)·Mᵀ, the padded taps' share.

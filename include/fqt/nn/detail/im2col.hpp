@@ -3,6 +3,7 @@
 /// \brief im2col and col2im of one sample of a 2-D convolution, for values and for codes.
 
 #include <algorithm>
+#include <utility>
 
 #include "fqt/core/matrix.hpp"
 #include "fqt/nn/geometry.hpp"
@@ -15,16 +16,28 @@ namespace detail {
 /// fixed order whatever the number of threads.
 inline constexpr Index kConvChunk = 4;
 
+/// \brief The output columns [lo, hi) at which kernel column j reads inside the input row
+/// (ix = ox·sw − pw + j in [0, W)); the others read padding.
+inline std::pair<Index, Index> inside_columns(const Conv2dGeometry& g, Index j) {
+  const Index wo = g.out_width(), sw = g.stride_width, shift = g.padding_width - j;
+  // ox·sw ≥ shift and ox·sw ≤ W − 1 + shift.
+  const Index lo = shift <= 0 ? 0 : (shift + sw - 1) / sw;
+  const Index last = g.in_width - 1 + shift;
+  const Index hi = last < 0 ? 0 : std::min(wo, last / sw + 1);
+  return {std::min(lo, hi), hi};
+}
+
 /// \brief im2col of one sample: columns (C·kh·kw) × (Ho·Wo), row (c, i, j), column (oy, ox).
 /// Positions in the padding get `pad` (0 for values; the zero point's code for codes).
 template <class T>
 void im2col(const T* x, const Conv2dGeometry& g, T* columns, T pad = T(0)) {
-  const Index ho = g.out_height(), wo = g.out_width(), plane = ho * wo;
+  const Index ho = g.out_height(), wo = g.out_width(), plane = ho * wo, sw = g.stride_width;
   for (Index c = 0; c < g.in_channels; ++c) {
     const T* channel = x + c * g.in_height * g.in_width;
     for (Index i = 0; i < g.kernel_height; ++i) {
       for (Index j = 0; j < g.kernel_width; ++j) {
         T* dst = columns + ((c * g.kernel_height + i) * g.kernel_width + j) * plane;
+        const auto [lo, hi] = inside_columns(g, j);
         for (Index oy = 0; oy < ho; ++oy) {
           T* row = dst + oy * wo;
           const Index iy = oy * g.stride_height - g.padding_height + i;
@@ -32,11 +45,16 @@ void im2col(const T* x, const Conv2dGeometry& g, T* columns, T pad = T(0)) {
             std::fill(row, row + wo, pad);
             continue;
           }
+          // Input column of output column ox: base + ox·sw, inside the row for ox in [lo, hi).
           const T* src = channel + iy * g.in_width;
-          for (Index ox = 0; ox < wo; ++ox) {
-            const Index ix = ox * g.stride_width - g.padding_width + j;
-            row[ox] = (ix >= 0 && ix < g.in_width) ? src[ix] : pad;
+          const Index base = j - g.padding_width;
+          std::fill(row, row + lo, pad);
+          if (sw == 1) {
+            std::copy(src + (base + lo), src + (base + hi), row + lo);
+          } else {
+            for (Index ox = lo; ox < hi; ++ox) row[ox] = src[base + ox * sw];
           }
+          std::fill(row + hi, row + wo, pad);
         }
       }
     }
@@ -46,20 +64,23 @@ void im2col(const T* x, const Conv2dGeometry& g, T* columns, T pad = T(0)) {
 /// \brief col2im of one sample: adds each column entry back to its input position (x += ...).
 template <class Scalar>
 void col2im_add(const Scalar* columns, const Conv2dGeometry& g, Scalar* x) {
-  const Index ho = g.out_height(), wo = g.out_width(), plane = ho * wo;
+  const Index ho = g.out_height(), wo = g.out_width(), plane = ho * wo, sw = g.stride_width;
   for (Index c = 0; c < g.in_channels; ++c) {
     Scalar* channel = x + c * g.in_height * g.in_width;
     for (Index i = 0; i < g.kernel_height; ++i) {
       for (Index j = 0; j < g.kernel_width; ++j) {
         const Scalar* src = columns + ((c * g.kernel_height + i) * g.kernel_width + j) * plane;
+        const auto [lo, hi] = inside_columns(g, j);
         for (Index oy = 0; oy < ho; ++oy) {
           const Index iy = oy * g.stride_height - g.padding_height + i;
           if (iy < 0 || iy >= g.in_height) continue;
           const Scalar* row = src + oy * wo;
           Scalar* dst = channel + iy * g.in_width;
-          for (Index ox = 0; ox < wo; ++ox) {
-            const Index ix = ox * g.stride_width - g.padding_width + j;
-            if (ix >= 0 && ix < g.in_width) dst[ix] += row[ox];
+          const Index base = j - g.padding_width;
+          if (sw == 1) {
+            for (Index ox = lo; ox < hi; ++ox) dst[base + ox] += row[ox];
+          } else {
+            for (Index ox = lo; ox < hi; ++ox) dst[base + ox * sw] += row[ox];
           }
         }
       }

@@ -7,6 +7,7 @@
 #include <cmath>
 #include <cstdint>
 #include <memory>
+#include <type_traits>
 #include <utility>
 #include <vector>
 
@@ -65,8 +66,16 @@ struct Epilogue {
   Vector<double> row_zero, row_sum;     // z_a, r_a per row of A
   Vector<double> col_shift, col_sum;    // 128 − z_b, c_b − K·z_b per column of B
 
-  /// out(i, j) (+)= s_a·s_b·(S + r_a·(128 − z_b) − z_a·(c_b − K·z_b)) for an m × n block of S.
-  void apply(const std::int32_t* s, Index lds, Scalar* out, Index ldo, bool accumulate) const {
+  /// out(i, j) (+)= s_a·s_b·(S + r_a·(128 − z_b) − z_a·(c_b − K·z_b)) for an m × n block of S,
+  /// from a contraction of `depth` terms with A's codes at most `max_a`.
+  void apply(const std::int32_t* s, Index lds, Scalar* out, Index ldo, bool accumulate, Index depth,
+             int max_a) const {
+    if constexpr (std::is_same_v<Scalar, float>) {
+      // Σ a·b = S + 128·r_a of unsigned codes fits int32: form it exactly, then the small
+      // remaining terms in float (16 lanes), with no cancellation of the 128 shift.
+      if (static_cast<double>(depth) * max_a * 255 < 2147483647.0)
+        return apply_float(s, lds, out, ldo, accumulate);
+    }
     const Index m = row_scale.size(), n = col_scale.size();
     for (Index i = 0; i < m; ++i) {
       using Row = Eigen::Matrix<std::int32_t, 1, Eigen::Dynamic>;
@@ -75,15 +84,44 @@ struct Epilogue {
                            row_zero(i) * col_sum.transpose().array();
       const auto value =
           (row_scale(i) * col_scale.transpose().array()) * bracket.template cast<Scalar>();
-      Eigen::Map<Eigen::Matrix<Scalar, 1, Eigen::Dynamic>> o(out + i * ldo, n);
-      if (accumulate) {
-        o.array() += value;
-      } else {
-        o.array() = value;
-      }
+      store(value, out + i * ldo, n, accumulate);
+    }
+  }
+
+ private:
+  mutable Eigen::Array<float, 1, Eigen::Dynamic> zero_b_, sum_b_;  // z_b, c_b − K·z_b in float
+  mutable Eigen::Array<std::int32_t, 1, Eigen::Dynamic> exact_;    // one row of S + 128·r_a
+
+  template <class Value>
+  static void store(const Value& value, Scalar* out, Index n, bool accumulate) {
+    Eigen::Map<Eigen::Matrix<Scalar, 1, Eigen::Dynamic>> o(out, n);
+    if (accumulate) {
+      o.array() += value;
+    } else {
+      o.array() = value;
+    }
+  }
+
+  void apply_float(const std::int32_t* s, Index lds, Scalar* out, Index ldo,
+                   bool accumulate) const {
+    const Index m = row_scale.size(), n = col_scale.size();
+    zero_b_ = (128.0 - col_shift.transpose().array()).template cast<float>();
+    sum_b_ = col_sum.transpose().array().template cast<float>();
+    for (Index i = 0; i < m; ++i) {
+      using Row = Eigen::Array<std::int32_t, 1, Eigen::Dynamic>;
+      exact_ = Eigen::Map<const Row>(s + i * lds, n) + static_cast<std::int32_t>(128 * row_sum(i));
+      const float r = static_cast<float>(row_sum(i)), z = static_cast<float>(row_zero(i));
+      const auto bracket = exact_.template cast<float>() - r * zero_b_ - z * sum_b_;
+      store((row_scale(i) * col_scale.transpose().array()) * bracket, out + i * ldo, n, accumulate);
     }
   }
 };
+
+/// \brief The largest code of q, 2^bits − 1.
+template <class Scalar>
+int max_code(const Quantized<Scalar, Code>& q) {
+  return (1 << q.bits) - 1;
+}
 
 /// \brief codes − 128 as signed bytes.
 inline void shift_to_signed(const Code* codes, Index size, std::int8_t* out) {
