@@ -5,6 +5,6 @@
 /// `fqt/data/idx.hpp` (needs zlib).
 
 #include "fqt/nn.hpp"
-#include "fqt/quant.hpp"
 #include "fqt/nn/profile.hpp"
+#include "fqt/quant.hpp"
 #include "fqt/stats/variance.hpp"

@@ -173,7 +173,7 @@ TEST_CASE("Theorem 2: the quantization variance falls about 4x per extra gradien
   for (int bits = 4; bits <= 8; ++bits) {
     // A seed per bit width, so that the estimates are independent and their errors add.
     const auto p = nn::profile_gradients(model, batch, {}, fqt_policy(quantizer, bits),
-                                            options(64, 5 + static_cast<std::uint64_t>(bits)));
+                                         options(64, 5 + static_cast<std::uint64_t>(bits)));
     variance.push_back(p.quantization_variance());
     standard_error.push_back(p.quantization_variance_standard_error());
   }
@@ -329,7 +329,7 @@ TEST_CASE("profile_gradients reports sampling variance and leaves the model as i
   std::vector<Matrix<double>> grads;
   for (const auto& b : batches) {
     const auto q = nn::profile_gradients(model, b, {}, nn::QuantPolicy::with_mode(nn::Mode::QAT),
-                                            options(2, 1));
+                                         options(2, 1));
     grads.push_back(q["2.weight"].qat_gradient);
     CHECK(q.quantization_variance() == 0);
   }
