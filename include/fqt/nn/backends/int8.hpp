@@ -244,12 +244,17 @@ class Int8Backend final : public BackendFor<Int8Backend> {
       // T⁻¹(Z) feeds a map linear per row: apply T⁻¹'s linear part to the result rows, then add
       // c_s·col2im(Ŵᵀ·𝟙) for the offsets.
       qg.transform->apply_inverse_linear(dx);
-      const Matrix<Scalar> wv = qw.dequantize();
-      const Vector<Scalar> column = wv.colwise().sum().transpose();
-      Matrix<Scalar> ones_image = column.replicate(1, plane);
-      Vector<Scalar> offset = Vector<Scalar>::Zero(geo.input_size());
-      detail::col2im_add(ones_image.data(), geo, offset.data());
-      detail::add_row_offsets(*qg.transform, offset.array(), dx);
+      // Ŵᵀ·𝟙 from Ŵ's column code sums (held in the epilogue's row terms: r_t of Wᵀ's rows).
+      const auto [sw, zw] = detail::map_at(qw, 0, 0);
+      auto& image = state.offset_columns;
+      detail::ensure_size(image, patch * plane);
+      for (Index t = 0; t < patch; ++t) {
+        std::fill_n(image.data() + t * plane, plane, sw * Scalar(e.row_sum(t) - double(k) * zw));
+      }
+      detail::ensure_size(state.offset, geo.input_size());
+      state.offset.setZero();
+      detail::col2im_add(image.data(), geo, state.offset.data());
+      detail::add_row_offsets(*qg.transform, state.offset.array(), dx);
     }
   }
 

@@ -166,6 +166,8 @@ struct Int8ConvState final : BackendState {
   std::vector<std::int32_t> s;                   // the int32 GEMM
   std::vector<std::int64_t> sums;                // code column sums
   std::vector<Scalar> dcols;                     // one sample's column gradient
+  std::vector<Scalar> offset_columns;            // Ŵᵀ·𝟙, for BHQ's row offsets
+  Vector<Scalar> offset;                         // col2im of it
   std::unique_ptr<GemmPlan> plans[3];
   Epilogue<Scalar> epilogue;
   std::unique_ptr<BackendState> fallback;
