@@ -119,8 +119,12 @@ TEST_CASE("int8 products equal the exact products of the dequantized codes (doub
   CAPTURE(backend->name());
   // In double both results are the exact product to ~1e-15; any error of the integer algebra
   // (a zero-point term, a stride, T⁻¹'s offsets, the padding code) is of the order of the result.
+  // Stride 2 forms the column gradient; stride 1 runs the transposed convolution, whose own
+  // padding is kernel − 1 − padding: 1 (same), 1 (unpadded, a 2 × 2 kernel) and 0 (padding 2).
   const nn::Conv2dGeometry strided(3, 7, 9, 5, 3, 2, 1);
+  const nn::Conv2dGeometry same(3, 7, 9, 5, 3, 1, 1);
   const nn::Conv2dGeometry unpadded(2, 6, 5, 4, 2, 1, 0);
+  const nn::Conv2dGeometry full(2, 5, 6, 3, 3, 1, 2);
   for_each_integer_pairing([&](const auto& gi, const auto& gw) {
     for (int bits : {2, 4, 8}) {
       for (fqt::Grid grid : {fqt::Grid::ZeroAligned, fqt::Grid::Free}) {
@@ -133,8 +137,9 @@ TEST_CASE("int8 products equal the exact products of the dequantized codes (doub
                       linear_step<double>(simulated, 13, 11, 7, offset), 1e-12);
           check_close(conv_step<double>(int8, strided, 5, offset),
                       conv_step<double>(simulated, strided, 5, offset), 1e-12);
-          check_close(conv_step<double>(int8, unpadded, 3, offset),
-                      conv_step<double>(simulated, unpadded, 3, offset), 1e-12);
+          for (const auto& geo : {same, unpadded, full})
+            check_close(conv_step<double>(int8, geo, 3, offset),
+                        conv_step<double>(simulated, geo, 3, offset), 1e-12);
         }
       }
     }
@@ -267,3 +272,19 @@ TEST_CASE("int8 backend refuses the per-column conv grad-weight quantizer", "[nn
   // Linear's grad-weight contracts over the samples only: per-column scales factor out there.
   CHECK_NOTHROW(linear_step<float>(policy, 5, 4, 3, 0.0));
 }
+
+#ifdef FQT_TEST_DNNL
+TEST_CASE("oneDNN engines: each instance runs on its own engine, one after another",
+          "[nn][int8][onednn]") {
+  // A second engine, made after the first is gone, must not reuse anything bound to the first.
+  const nn::QuantPolicy simulated;
+  const auto expected = linear_step<double>(simulated, 6, 5, 4, 0.0);
+  for (int round = 0; round < 2; ++round) {
+    CAPTURE(round);
+    const fqt::DnnlIntegerGemm engine;
+    nn::QuantPolicy int8 = simulated;
+    int8.backend = std::make_shared<const nn::Int8Backend>(engine);
+    check_close(linear_step<double>(int8, 6, 5, 4, 0.0), expected, 1e-12);
+  }
+}
+#endif

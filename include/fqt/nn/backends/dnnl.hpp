@@ -5,10 +5,11 @@
 /// COMPONENTS dnnl)`), which brings oneDNN (Debian: libdnnl-dev). The rest of fqt never needs it.
 ///
 /// Each call site (a layer's forward, grad-input or grad-weight product) keeps its compiled
-/// primitive and memory objects in its GemmPlan, so that the steady state creates no primitive
-/// and allocates nothing; a new shape rebuilds the plan. oneDNN runs on the OpenMP runtime fqt
-/// uses. Without VNNI, oneDNN's u8 × s8 kernels may saturate their 16-bit intermediate sums, so
-/// on such a CPU the engine hands every product to the portable engine (see `uses_vnni()`).
+/// primitive, memory objects and stream in its GemmPlan, so that the steady state creates no
+/// primitive and allocates nothing; a new shape rebuilds the plan. oneDNN runs on the OpenMP
+/// runtime fqt uses. Without VNNI, oneDNN's u8 × s8 kernels may saturate their 16-bit intermediate
+/// sums, so on such a CPU the engine hands every product to the portable engine (see
+/// `uses_vnni()`).
 
 #include <memory>
 #include <oneapi/dnnl/dnnl.hpp>
@@ -47,11 +48,10 @@ class DnnlIntegerGemm final : public IntegerGemm {
     plan->a.set_data_handle(const_cast<std::uint8_t*>(a));
     plan->b.set_data_handle(const_cast<std::int8_t*>(b));
     plan->c.set_data_handle(c);
-    // One stream per thread: streams are not meant to be shared between threads.
-    thread_local dnnl::stream stream(engine_);
     plan->matmul.execute(
-        stream, {{DNNL_ARG_SRC, plan->a}, {DNNL_ARG_WEIGHTS, plan->b}, {DNNL_ARG_DST, plan->c}});
-    stream.wait();
+        plan->stream,
+        {{DNNL_ARG_SRC, plan->a}, {DNNL_ARG_WEIGHTS, plan->b}, {DNNL_ARG_DST, plan->c}});
+    plan->stream.wait();
   }
 
  private:
@@ -72,10 +72,14 @@ class DnnlIntegerGemm final : public IntegerGemm {
           b(describe(s.batch, s.k, s.n, s.b, dt::s8), engine, DNNL_MEMORY_NONE),
           c(describe(s.batch, s.m, s.n, s.c, dt::s32), engine, DNNL_MEMORY_NONE),
           matmul(dnnl::matmul::primitive_desc(
-              dnnl::matmul::desc(a.get_desc(), b.get_desc(), c.get_desc()), engine)) {}
+              dnnl::matmul::desc(a.get_desc(), b.get_desc(), c.get_desc()), engine)),
+          stream(engine) {}
     GemmShape shape;
     dnnl::memory a, b, c;
     dnnl::matmul matmul;
+    // The call site's own stream, bound to this engine: a call site runs one product at a time
+    // (a layer's cache is not shared between concurrent steps).
+    dnnl::stream stream;
   };
 
   dnnl::engine engine_;

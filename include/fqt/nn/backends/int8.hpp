@@ -17,6 +17,8 @@
 /// Conv runs im2col on the codes. Padding takes the code P = round(z) of the input's zero point;
 /// when z is not an integer (an input quantized on a free grid whose range excludes 0), the
 /// padded taps' contribution s·(P − z)·(Ŵ·M) is subtracted, M the padding mask of the geometry.
+/// With unit strides the grad-input is a transposed convolution, one GEMM per sample straight
+/// into ∇X (fqt/nn/detail/int8_conv.hpp); other strides form the column gradient and col2im it.
 ///
 /// Products on unquantized operands (Mode::Exact; the gradient in Mode::QAT) run in floating point
 /// as the simulated backend computes them.
@@ -35,6 +37,7 @@
 #include "fqt/nn/backend.hpp"
 #include "fqt/nn/backends/simulated.hpp"
 #include "fqt/nn/detail/im2col.hpp"
+#include "fqt/nn/detail/int8_conv.hpp"
 #include "fqt/nn/detail/int8_kernels.hpp"
 
 namespace fqt {
@@ -187,12 +190,9 @@ class Int8Backend final : public BackendFor<Int8Backend> {
               patch, detail::max_code(qw));
     }
     if (state.pad_error != 0) {
-      // The padded taps took code P instead of the zero point z: subtract s_x·(P − z)·(Ŵ·M).
-      const Matrix<Scalar> wv = qw.dequantize();
-      const Matrix<Scalar> correction =
-          (sx * state.pad_error) * (wv * detail::pad_mask<Scalar>(geo));
+      detail::forward_pad_term(geo, qw, state);
       for (Index s = 0; s < n; ++s) {
-        detail::RowMap<Scalar>(y.data() + s * y.outerStride(), k, plane) -= correction;
+        detail::RowMap<Scalar>(y.data() + s * y.outerStride(), k, plane) -= state.pad_term;
       }
     }
   }
@@ -208,6 +208,11 @@ class Int8Backend final : public BackendFor<Int8Backend> {
     constexpr const char* kWhere = "nn::Int8Backend::conv_grad_input";
     const auto &qg = g.quantized(), &qw = w.quantized();
     detail::require_factoring(qg, 1, kWhere, "Q_b1(G)");
+    if (detail::transposes_directly(geo)) {
+      return detail::transposed_grad_input(*engine_, geo, qg, qw, dx, state.transposed, state.s,
+                                           state.plans[1], state.epilogue);
+    }
+    // Other strides: the column gradient Ŵᵀ·Q_b1(G), then col2im.
     const Index n = qg.rows(), k = geo.out_channels, patch = geo.patch_size();
     const Index plane = geo.out_plane();
     detail::check_depth(k, qw.bits, kWhere, "Ŵᵀ·Q_b1(G)");
@@ -304,14 +309,7 @@ class Int8Backend final : public BackendFor<Int8Backend> {
       e.apply(state.s.data(), patch, dw.data(), dw.outerStride(), true, depth,
               detail::max_code(qg));
     }
-    if (state.pad_error != 0) {
-      // Subtract s_x·(P − z)·(Σ_s Ĝ_s)·Mᵀ, the padded taps' share.
-      const Matrix<Scalar> gv = qg.dequantize();
-      Matrix<Scalar> sum = Matrix<Scalar>::Zero(k, plane);
-      for (Index s = 0; s < n; ++s)
-        sum += detail::ConstRowMap<Scalar>(gv.data() + s * k * plane, k, plane);
-      dw -= (state.sx * state.pad_error) * (sum * detail::pad_mask<Scalar>(geo).transpose());
-    }
+    if (state.pad_error != 0) detail::subtract_grad_weight_pad_term(geo, qg, dw, state);
   }
 
  private:

@@ -3,6 +3,7 @@
 /// \brief im2col and col2im of one sample of a 2-D convolution, for values and for codes.
 
 #include <algorithm>
+#include <cstring>
 #include <utility>
 
 #include "fqt/core/matrix.hpp"
@@ -27,11 +28,13 @@ inline std::pair<Index, Index> inside_columns(const Conv2dGeometry& g, Index j) 
   return {std::min(lo, hi), hi};
 }
 
-/// \brief im2col of one sample: columns (C·kh·kw) × (Ho·Wo), row (c, i, j), column (oy, ox).
-/// Positions in the padding get `pad` (0 for values; the zero point's code for codes).
+/// \brief im2col of one sample: columns (C·kh·kw) × (Ho·Wo), row (c, i, j), column (oy, ox),
+/// rows `ld` apart (0: Ho·Wo, packed). Positions in the padding get `pad` (0 for values; the zero
+/// point's code for codes).
 template <class T>
-void im2col(const T* x, const Conv2dGeometry& g, T* columns, T pad = T(0)) {
-  const Index ho = g.out_height(), wo = g.out_width(), plane = ho * wo, sw = g.stride_width;
+void im2col(const T* x, const Conv2dGeometry& g, T* columns, T pad = T(0), Index ld = 0) {
+  const Index ho = g.out_height(), wo = g.out_width(), sw = g.stride_width;
+  const Index plane = ld != 0 ? ld : ho * wo;
   for (Index c = 0; c < g.in_channels; ++c) {
     const T* channel = x + c * g.in_height * g.in_width;
     for (Index i = 0; i < g.kernel_height; ++i) {
@@ -48,13 +51,14 @@ void im2col(const T* x, const Conv2dGeometry& g, T* columns, T pad = T(0)) {
           // Input column of output column ox: base + ox·sw, inside the row for ox in [lo, hi).
           const T* src = channel + iy * g.in_width;
           const Index base = j - g.padding_width;
-          std::fill(row, row + lo, pad);
+          // Rows are short (a feature map's width): plain loops, not calls to memset/memmove.
+          for (Index ox = 0; ox < lo; ++ox) row[ox] = pad;
           if (sw == 1) {
-            std::copy(src + (base + lo), src + (base + hi), row + lo);
+            std::memcpy(row + lo, src + base + lo, static_cast<std::size_t>(hi - lo) * sizeof(T));
           } else {
             for (Index ox = lo; ox < hi; ++ox) row[ox] = src[base + ox * sw];
           }
-          std::fill(row + hi, row + wo, pad);
+          for (Index ox = hi; ox < wo; ++ox) row[ox] = pad;
         }
       }
     }

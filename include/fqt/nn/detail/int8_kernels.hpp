@@ -153,21 +153,39 @@ struct Int8LinearState final : BackendState {
   std::unique_ptr<BackendState> fallback;  // the simulated backend's, for unquantized operands
 };
 
+/// \brief What the transposed conv grad-input (fqt/nn/detail/int8_conv.hpp) keeps per layer.
+template <class Scalar>
+struct TransposedState {
+  std::vector<Code> flipped;         // W' (C × k·kh·kw), taps (o, i', j')
+  std::vector<std::int8_t> padded;   // one sample's padded G codes − 128 (code 0 in the padding)
+  std::vector<std::int8_t> columns;  // every sample's im2col, (k·kh·kw) × H·Wp each
+  std::vector<std::int32_t> tap_sum, code_sum;  // Σ_o of one padded sample; its sums over taps
+  std::vector<Scalar> inside, wide;             // padded 1/0 image; one sample's wide result
+  Matrix<Scalar> per_tap, outside;              // Σ_o Ŵ' per (c, tap); V (C × H·Wp)
+  Matrix<Scalar> through;  // Ŵ' contracted with 𝟙 inside the image (C × H·Wp)
+  Vector<Scalar> offset;   // Ŵ' contracted with 𝟙 (C·H·W), for BHQ's row offsets
+};
+
 /// \brief What the int8 backend keeps per conv layer.
 template <class Scalar>
 struct Int8ConvState final : BackendState {
-  bool coded = false;                            // the last forward ran on codes
-  std::vector<std::int8_t> cols;                 // im2col(X̂) codes − 128, (patch) × (n·plane)
-  std::vector<std::int8_t> sample, sample_cols;  // one sample's codes − 128, and its im2col
-  Vector<std::int64_t> col_sums;                 // code sums of every column (s, p)
-  Scalar sx = 0, zx = 0, pad_error = 0;          // X̂'s map, and P − z of the padding code
-  std::vector<std::int8_t> g;                    // G's codes − 128 (grad-input)
-  std::vector<Code> gk;                          // G's codes channel-major (grad-weight)
-  std::vector<std::int32_t> s;                   // the int32 GEMM
-  std::vector<std::int64_t> sums;                // code column sums
-  std::vector<Scalar> dcols;                     // one sample's column gradient
-  std::vector<Scalar> offset_columns;            // Ŵᵀ·𝟙, for BHQ's row offsets
-  Vector<Scalar> offset;                         // col2im of it
+  bool coded = false;                      // the last forward ran on codes
+  std::vector<std::int8_t> cols;           // im2col(X̂) codes − 128, (patch) × (n·plane)
+  std::vector<std::int8_t> sample;         // one sample's codes − 128
+  std::vector<std::int32_t> channel_sums;  // Σ_c of one padded sample's codes
+  std::vector<std::int32_t> row_sum;       // their tap sums along one output row
+  Vector<std::int64_t> col_sums;           // code sums of every column (s, p)
+  Scalar sx = 0, zx = 0, pad_error = 0;    // X̂'s map, and P − z of the padding code
+  std::vector<std::int8_t> g;              // G's codes − 128 (grad-input)
+  std::vector<Code> gk;                    // G's codes channel-major (grad-weight)
+  std::vector<std::int32_t> s;             // the int32 GEMM
+  std::vector<std::int64_t> sums;          // code column sums
+  std::vector<Scalar> dcols;               // one sample's column gradient
+  std::vector<Scalar> offset_columns;      // Ŵᵀ·𝟙, for BHQ's row offsets
+  TransposedState<Scalar> transposed;      // the unit-stride grad-input's
+  Matrix<Scalar> mask, per_tap, pad_term;  // the padding's taps, Σ_c Ŵ per tap, its term
+  Matrix<Scalar> values;                   // Σ_s Ĝ_s; QAT's float columns
+  Vector<Scalar> offset;                   // col2im of it
   std::unique_ptr<GemmPlan> plans[3];
   Epilogue<Scalar> epilogue;
   std::unique_ptr<BackendState> fallback;
@@ -263,12 +281,12 @@ void add_row_offsets(const BlockHouseholderTransform<Scalar>& t, const V& v, Mat
 }
 
 // im2col of X̂'s codes into state.cols (codes − 128, patch × (n·plane)), padding with the code
-// nearest the zero point, and the code sums of every column.
+// nearest the zero point, and the code sums of every column: Σ over the taps of the channel sums
+// of the padded sample, O(C·H·W + kh·kw·plane) per sample.
 template <class Scalar>
 void columns(const Conv2dGeometry& geo, const Quantized<Scalar, Code>& qx,
              Int8ConvState<Scalar>& state) {
-  const Index n = qx.rows(), patch = geo.patch_size(), plane = geo.out_plane();
-  const Index wide = n * plane;
+  const Index n = qx.rows(), plane = geo.out_plane(), wide = n * plane;
   const auto [sx, zx] = map_at(qx, 0, 0);
   const Scalar max_code = Scalar((1 << qx.bits) - 1);
   const Scalar pad = std::min(max_code, std::max(Scalar(0), std::nearbyint(zx)));
@@ -276,34 +294,65 @@ void columns(const Conv2dGeometry& geo, const Quantized<Scalar, Code>& qx,
   state.zx = zx;
   const bool padded = geo.padding_height > 0 || geo.padding_width > 0;
   state.pad_error = padded ? pad - zx : Scalar(0);
-  ensure_size(state.cols, patch * wide);
-  ensure_size(state.dcols, patch * plane);
-  std::vector<std::int8_t>& one = state.sample_cols;
+  ensure_size(state.cols, geo.patch_size() * wide);
   std::vector<std::int8_t>& signed_x = state.sample;
-  ensure_size(one, patch * plane);
   ensure_size(signed_x, qx.cols());
   const auto pad_code = static_cast<std::int8_t>(int(pad) - 128);
-  for (Index s = 0; s < n; ++s) {
-    shift_to_signed(qx.codes.data() + s * qx.cols(), qx.cols(), signed_x.data());
-    im2col(signed_x.data(), geo, one.data(), pad_code);
-    for (Index t = 0; t < patch; ++t)
-      std::copy_n(one.data() + t * plane, plane, state.cols.data() + t * wide + s * plane);
-  }
+  const Index ph = geo.padding_height, pw = geo.padding_width;
+  const Index hp = geo.in_height + 2 * ph, wp = geo.in_width + 2 * pw;
+  const Index image = geo.in_height * geo.in_width;
+  std::vector<std::int32_t>& sums = state.channel_sums;
+  ensure_size(sums, hp * wp);
   ensure_size(state.col_sums, wide);
-  state.col_sums.setConstant(128 * patch);
-  for (Index t = 0; t < patch; ++t) {
-    const std::int8_t* row = state.cols.data() + t * wide;
-    for (Index j = 0; j < wide; ++j) state.col_sums(j) += row[j];
+  for (Index s = 0; s < n; ++s) {
+    const Code* x = qx.codes.data() + s * qx.cols();
+    shift_to_signed(x, qx.cols(), signed_x.data());
+    im2col(signed_x.data(), geo, state.cols.data() + s * plane, pad_code, wide);
+    std::fill(sums.begin(), sums.end(), static_cast<std::int32_t>(geo.in_channels * int(pad)));
+    for (Index y = 0; y < geo.in_height; ++y) {
+      std::int32_t* row = sums.data() + (y + ph) * wp + pw;
+      std::fill_n(row, geo.in_width, 0);
+      for (Index c = 0; c < geo.in_channels; ++c) {
+        const Code* in = x + c * image + y * geo.in_width;
+        for (Index i = 0; i < geo.in_width; ++i) row[i] += in[i];
+      }
+    }
+    // Tap by tap along each output row, so that the sums run along contiguous rows.
+    const Index wo = geo.out_width(), sw = geo.stride_width;
+    ensure_size(state.row_sum, wo);
+    for (Index oy = 0; oy < geo.out_height(); ++oy) {
+      std::int32_t* acc = state.row_sum.data();
+      std::fill_n(acc, wo, 0);
+      for (Index i = 0; i < geo.kernel_height; ++i)
+        for (Index j = 0; j < geo.kernel_width; ++j) {
+          const std::int32_t* at = sums.data() + (oy * geo.stride_height + i) * wp + j;
+          if (sw == 1) {
+            for (Index ox = 0; ox < wo; ++ox) acc[ox] += at[ox];
+          } else {
+            for (Index ox = 0; ox < wo; ++ox) acc[ox] += at[ox * sw];
+          }
+        }
+      for (Index ox = 0; ox < wo; ++ox) state.col_sums(s * plane + oy * wo + ox) = acc[ox];
+    }
   }
 }
 
-// M (patch × plane): 1 where tap t of output position p falls in the padding.
+// M (kh·kw × plane): 1 where tap (i, j) of output position p falls in the padding (for every
+// input channel alike).
 template <class Scalar>
-Matrix<Scalar> pad_mask(const Conv2dGeometry& geo) {
-  Matrix<Scalar> ones = Matrix<Scalar>::Ones(1, geo.in_channels * geo.in_height * geo.in_width);
-  Matrix<Scalar> inside(geo.patch_size(), geo.out_plane());
-  im2col(ones.data(), geo, inside.data());
-  return Matrix<Scalar>::Ones(inside.rows(), inside.cols()) - inside;
+void tap_mask(const Conv2dGeometry& geo, Matrix<Scalar>& m) {
+  const Index ho = geo.out_height(), wo = geo.out_width();
+  m.resize(geo.kernel_height * geo.kernel_width, ho * wo);
+  for (Index i = 0; i < geo.kernel_height; ++i)
+    for (Index j = 0; j < geo.kernel_width; ++j)
+      for (Index oy = 0; oy < ho; ++oy) {
+        const Index iy = oy * geo.stride_height - geo.padding_height + i;
+        for (Index ox = 0; ox < wo; ++ox) {
+          const Index ix = ox * geo.stride_width - geo.padding_width + j;
+          const bool inside = iy >= 0 && iy < geo.in_height && ix >= 0 && ix < geo.in_width;
+          m(i * geo.kernel_width + j, oy * wo + ox) = inside ? Scalar(0) : Scalar(1);
+        }
+      }
 }
 
 // dw += Σ_s G_s·im2col(X̂_s)ᵀ in floating point, for an unquantized G (Mode::QAT).
@@ -311,20 +360,62 @@ template <class Scalar>
 void float_conv_grad_weight(const Conv2dGeometry& geo, const Operand<Scalar>& g,
                             MatrixRef<Scalar> dw, Int8ConvState<Scalar>& state) {
   const Index n = g.rows(), k = geo.out_channels, patch = geo.patch_size();
-  const Index plane = geo.out_plane(), wide = n * plane;
-  const Matrix<Scalar> mask = pad_mask<Scalar>(geo);
+  const Index plane = geo.out_plane(), wide = n * plane,
+              taps = geo.kernel_height * geo.kernel_width;
+  tap_mask(geo, state.mask);
   const auto gv = g.value();
-  Matrix<Scalar> cols(patch, plane);
+  Matrix<Scalar>& cols = state.values;
+  cols.resize(patch, plane);
   for (Index s = 0; s < n; ++s) {
     for (Index t = 0; t < patch; ++t) {
       const std::int8_t* row = state.cols.data() + t * wide + s * plane;
       for (Index p = 0; p < plane; ++p) {
-        cols(t, p) = mask(t, p) != 0 ? Scalar(0) : state.sx * (Scalar(row[p] + 128) - state.zx);
+        cols(t, p) =
+            state.mask(t % taps, p) != 0 ? Scalar(0) : state.sx * (Scalar(row[p] + 128) - state.zx);
       }
     }
     dw.noalias() +=
         ConstRowMap<Scalar>(gv.data() + s * gv.outerStride(), k, plane) * cols.transpose();
   }
+}
+
+// The padded taps took code P instead of the zero point z, adding s_x·(P − z)·Ŵ·M per sample to
+// the forward: that term, from Σ_c Ŵ per tap, O(k·C·kh·kw + k·kh·kw·plane).
+template <class Scalar>
+void forward_pad_term(const Conv2dGeometry& geo, const Quantized<Scalar, Code>& qw,
+                      Int8ConvState<Scalar>& state) {
+  const Index k = geo.out_channels, taps = geo.kernel_height * geo.kernel_width;
+  const auto [sw, zw] = map_at(qw, 0, 0);
+  tap_mask(geo, state.mask);
+  state.per_tap.resize(k, taps);
+  for (Index o = 0; o < k; ++o)
+    for (Index r = 0; r < taps; ++r) {
+      std::int64_t sum = 0;
+      for (Index c = 0; c < geo.in_channels; ++c) sum += qw.codes(o, c * taps + r);
+      state.per_tap(o, r) = sw * (Scalar(sum) - Scalar(geo.in_channels) * zw);
+    }
+  state.pad_term.noalias() = (state.sx * state.pad_error) * state.per_tap * state.mask;
+}
+
+// The grad-weight's share of the padded taps, s_x·(P − z)·(Σ_s Ĝ_s)·Mᵀ, subtracted from dw: one
+// term per (o, tap), the same for every input channel.
+template <class Scalar>
+void subtract_grad_weight_pad_term(const Conv2dGeometry& geo, const Quantized<Scalar, Code>& qg,
+                                   MatrixRef<Scalar> dw, Int8ConvState<Scalar>& state) {
+  const Index n = qg.rows(), k = geo.out_channels, plane = geo.out_plane();
+  const Index taps = geo.kernel_height * geo.kernel_width;
+  tap_mask(geo, state.mask);
+  column_sums(qg.codes.data(), n, k * plane, k * plane, state.sums);
+  state.values.resize(k, plane);
+  for (Index o = 0; o < k; ++o) {
+    const auto [sg, zg] = map_at(qg, 0, o * plane);
+    for (Index p = 0; p < plane; ++p) {
+      const auto sum = state.sums[static_cast<std::size_t>(o * plane + p)];
+      state.values(o, p) = sg * (Scalar(sum) - Scalar(n) * zg);
+    }
+  }
+  state.per_tap.noalias() = (state.sx * state.pad_error) * state.values * state.mask.transpose();
+  for (Index c = 0; c < geo.in_channels; ++c) dw.middleCols(c * taps, taps) -= state.per_tap;
 }
 }  // namespace detail
 }  // namespace nn
