@@ -56,19 +56,22 @@ void max_pool2d_forward(const detail::ConstMatrix<Scalar>& input, const Pool2dGe
     for (Index c = 0; c < g.channels; ++c) {
       for (Index oy = 0; oy < ho; ++oy) {
         for (Index ox = 0; ox < wo; ++ox) {
-          Scalar best = -std::numeric_limits<Scalar>::infinity();
-          Index best_at = -1;
-          for (Index i = 0; i < g.kernel_height; ++i) {
-            const Index iy = oy * g.stride_height - g.padding_height + i;
-            if (iy < 0 || iy >= g.in_height) continue;
-            for (Index j = 0; j < g.kernel_width; ++j) {
-              const Index ix = ox * g.stride_width - g.padding_width + j;
-              if (ix < 0 || ix >= g.in_width) continue;
-              const Index at = (c * g.in_height + iy) * g.in_width + ix;
-              if (best_at < 0 || x[at] > best) {
-                best = x[at];
-                best_at = at;
-              }
+          // The window's rows and columns inside the input (never empty: the padding is at most
+          // half the kernel), then a branch-free scan: the first maximum wins ties.
+          const Index y0 = oy * g.stride_height - g.padding_height;
+          const Index x0 = ox * g.stride_width - g.padding_width;
+          const Index i0 = std::max<Index>(0, -y0),
+                      i1 = std::min(g.kernel_height, g.in_height - y0);
+          const Index j0 = std::max<Index>(0, -x0), j1 = std::min(g.kernel_width, g.in_width - x0);
+          Index best_at = (c * g.in_height + y0 + i0) * g.in_width + x0 + j0;
+          Scalar best = x[best_at];
+          for (Index i = i0; i < i1; ++i) {
+            const Index row = (c * g.in_height + y0 + i) * g.in_width + x0;
+            for (Index j = j0; j < j1; ++j) {
+              const Scalar v = x[row + j];
+              const bool larger = v > best;
+              best = larger ? v : best;
+              best_at = larger ? row + j : best_at;
             }
           }
           const Index o = (c * ho + oy) * wo + ox;
