@@ -305,7 +305,10 @@ TEST_CASE("Hadamard: the nearest quantizer has no variance, exact zeros of T.x s
   const fqt::HadamardQuantizer<float, fqt::Nearest> nearest(4);
   CHECK(nearest.expected_variance(x) == 0);
   CHECK(nearest.element_variance(x) == Matrix<double>::Zero(12, 30));
-  CHECK(nearest(x, Philox(1)) == nearest(x, Philox(1)));
+  // Deterministic: the signs are the default stream's whatever the call's stream.
+  CHECK(nearest(x, Philox(1)) == nearest(x, Philox(2)));
+  CHECK(nearest.transform_for(12, Philox(5)).signs() ==
+        fqt::HadamardQuantizer<float>(4).transform_for(12, Philox()).signs());
   // A zero matrix quantizes to exactly zero; so does a constant one (constant transformed rows).
   const Matrix<float> zero = Matrix<float>::Zero(12, 30);
   CHECK(fqt::HadamardQuantizer<float>(3)(zero, Philox(1)) == zero);

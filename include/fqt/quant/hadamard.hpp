@@ -35,7 +35,8 @@ namespace fqt {
 /// (i/32) mod 4 of Philox block 2⁶³ + ⌊i/128⌋ of `rng` — counters that the rounding noise (blocks
 /// below 2⁶⁰ for any matrix that fits in memory) never uses, so signs and noise are independent
 /// and both are pure functions of (seed, stream). The rounding noise is PSQ's: keyed by the
-/// element's row-major index, so codes do not depend on the thread count.
+/// element's row-major index, so codes do not depend on the thread count. With Nearest rounding
+/// the signs are those of the default stream Philox(): the quantizer is deterministic.
 ///
 /// **Blocks.** b is a power of two (default `kDefaultBlockSize`); ⌊N/b⌋ full blocks, then the
 /// rows left over split into the largest powers of two that fit; a last single row is left as it
@@ -82,12 +83,15 @@ class HadamardQuantizer {
   /// The block size b.
   Index block_size() const { return block_; }
 
-  /// \brief The transform a call with stream `rng` uses on a matrix of `rows` rows.
+  /// \brief The transform a call with stream `rng` uses on a matrix of `rows` rows. With Nearest
+  /// rounding the signs are those of Philox() whatever `rng` is: a deterministic quantizer
+  /// consumes no randomness, as every Nearest quantizer.
   Transform transform_for(Index rows, const Philox& rng) const {
     check(rows >= 0, name(), "::transform_for: rows must be >= 0, got ", rows);
+    const Philox source = Rounding::is_stochastic ? rng : Philox();
     Vector<Scalar> signs(rows);
     for (Index base = 0; base < rows; base += 128) {
-      const auto words = rng.block(kSignCounter + static_cast<std::uint64_t>(base / 128));
+      const auto words = source.block(kSignCounter + static_cast<std::uint64_t>(base / 128));
       for (Index i = base; i < std::min(rows, base + 128); ++i) {
         const std::uint32_t word = words[static_cast<std::size_t>((i / 32) % 4)];
         signs(i) = (word >> (i % 32)) & 1u ? Scalar(-1) : Scalar(1);
