@@ -87,7 +87,8 @@ struct Options {
   // comparison
   std::string csv = "fqt_compare.csv", plot_prefix = "fqt_compare";
   std::vector<int> compare_bits;
-  std::vector<std::string> compare_quantizers = fqt_examples::grad_input_quantizer_names();
+  std::vector<std::string> compare_quantizers =
+      fqt_examples::kind_names(fqt_examples::paper_grad_input_kinds());
   std::vector<std::string> compare_grids = fqt_examples::grid_names();
   fqt_train::VarianceOptions variance;
   std::string progress_name = "auto";
@@ -140,7 +141,7 @@ std::vector<std::string> with_auto(std::vector<std::string> names) {
 // The grad-input quantizers the comparison runs by default, e.g. "PTQ/PSQ/BHQ".
 std::string quantizer_titles() {
   std::vector<std::string> titles;
-  for (const auto k : fqt_examples::grad_input_kinds())
+  for (const auto k : fqt_examples::paper_grad_input_kinds())
     titles.push_back(fqt_examples::kind_title(k));
   return join(titles, "/");
 }

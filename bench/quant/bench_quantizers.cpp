@@ -5,7 +5,7 @@
 //   BM_Quantize/<Q>/rows:R/cols:C/bits:B/threads:T
 //       quantize() to uint8 codes; items/s = elements/s. Counters:
 //       vs_single_pass  time of Q / time of the single pass (same shape and threads)
-//       vs_psq          BHQ only: time of BHQ / time of PSQ (same shape, bits and threads)
+//       vs_psq          BHQ and HADAMARD: time of Q / time of PSQ (same shape, bits, threads)
 //       Both are measured right after the benchmark's own loop by alternating the two calls
 //       (5 to 31 pairs, about 0.2 s) and taking the median of the per-pair time ratios, so that
 //       both sides of a ratio see the same load on a shared machine.
@@ -13,7 +13,8 @@
 //       exact E‖Q(G) − G‖² of every quantizer as counters (the time is that of computing them)
 //
 // Q is every kind of the catalogue's table (fqt::kQuantizerKinds), by its short name in capitals:
-// PTQ, PSQ, COLUMN, CHANNEL (64 channels: blocks of 64 columns) and BHQ, each called through
+// PTQ, PSQ, COLUMN, CHANNEL (64 channels: blocks of 64 columns), BHQ and HADAMARD (its default
+// block of 16 rows), each called through
 // fqt::AnyQuantizer (one visit per call). The input is fqt::stats::heavy_tailed_gradient (row
 // scales log-uniform over 4 decades, half the entries exact zeros), built once per shape. Threads
 // are fqt's (fqt::set_num_threads); times are wall-clock (UseRealTime). Filter with, e.g.,
@@ -148,7 +149,7 @@ void BM_Quantize(benchmark::State& state, fqt::QuantizerKind kind) {
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
   });
-  if (kind == fqt::QuantizerKind::BlockHouseholder) {
+  if (kind == fqt::QuantizerKind::BlockHouseholder || kind == fqt::QuantizerKind::Hadamard) {
     const auto psq = quantizer_of(fqt::QuantizerKind::PerSample, bits, fqt::Grid::ZeroAligned);
     state.counters["vs_psq"] = paired_ratio(quantize, [&] {
       auto q = psq.quantize(x, rng);
@@ -179,6 +180,7 @@ void BM_VarianceVsBits(benchmark::State& state, fqt::Grid grid) {
   const double v_bhq = of(fqt::QuantizerKind::BlockHouseholder);
   state.counters["PTQ/BHQ"] = v_ptq / v_bhq;
   state.counters["PSQ/BHQ"] = v_psq / v_bhq;
+  state.counters["PSQ/HADAMARD"] = v_psq / of(fqt::QuantizerKind::Hadamard);
   state.counters["bits_saved"] = std::log(v_ptq / v_bhq) / std::log(4.0);
 }
 

@@ -16,17 +16,26 @@
 
 namespace fqt_examples {
 
-/// \brief The grad-input quantizers the examples compare, in table order (PTQ, PSQ, BHQ): the
-/// kinds whose scales are constant along the columns of G, which Q_b1(G)·W contracts.
+/// \brief The grad-input quantizers the examples accept, in table order (PTQ, PSQ, BHQ,
+/// Hadamard): the kinds whose scales are constant along the columns of G, which Q_b1(G)·W
+/// contracts.
 inline std::vector<fqt::QuantizerKind> grad_input_kinds() {
   return fqt::quantizer_kinds(fqt::Contraction::Columns);
+}
+
+/// \brief The paper's three grad-input quantizers (PTQ, PSQ, BHQ): what the trainer's comparison
+/// runs by default, so that the main job's grid keeps its size as kinds join the table (the
+/// others are a --compare-quantizers away).
+inline std::vector<fqt::QuantizerKind> paper_grad_input_kinds() {
+  return {fqt::QuantizerKind::PerTensor, fqt::QuantizerKind::PerSample,
+          fqt::QuantizerKind::BlockHouseholder};
 }
 
 /// \brief The gradient grids, in table order: the paper's Free grid, then fqt's zero-aligned grid.
 inline const std::vector<fqt::Grid> kGrids = {fqt::Grid::Free, fqt::Grid::ZeroAligned};
 
-/// \brief The short name of a kind ("ptq", "psq", "column", "channel", "bhq"), the spelling
-/// fqt::parse_quantizer_kind accepts (command lines, run names, tables).
+/// \brief The short name of a kind ("ptq", "psq", "column", "channel", "bhq", "hadamard"), the
+/// spelling fqt::parse_quantizer_kind accepts (command lines, run names, tables).
 inline const char* kind_name(fqt::QuantizerKind kind) { return fqt::kind_info(kind).name; }
 
 /// \brief The short name in capitals, e.g. "BHQ" (plot keys, help texts).
@@ -56,7 +65,7 @@ inline std::vector<std::string> kind_names(const std::vector<fqt::QuantizerKind>
   return names;
 }
 
-/// \brief The names of grad_input_kinds(): "ptq", "psq", "bhq".
+/// \brief The names of grad_input_kinds(): "ptq", "psq", "bhq", "hadamard".
 inline std::vector<std::string> grad_input_quantizer_names() {
   return kind_names(grad_input_kinds());
 }
@@ -69,8 +78,8 @@ inline std::vector<std::string> grid_names() {
 }
 
 /// \brief The paper's grad-weight quantizer for a grad-input quantizer: the same kind when its
-/// scales also factor out of the weight gradient Q_b2(G)ᵀ·X (PTQ with PTQ), else per-column (PSQ
-/// and BHQ, whose per-sample scales do not).
+/// scales also factor out of the weight gradient Q_b2(G)ᵀ·X (PTQ with PTQ), else per-column (PSQ,
+/// BHQ and Hadamard, whose per-sample scales do not).
 inline fqt::QuantizerKind paired_grad_weight(fqt::QuantizerKind grad_input) {
   return fqt::can_feed(grad_input, fqt::Contraction::Rows) ? grad_input
                                                            : fqt::QuantizerKind::PerColumn;

@@ -72,11 +72,11 @@ inline std::string plot_data(const std::vector<PlotSeries>& series, bool varianc
 /// \brief The line style of a series: a colour and point type per quantizer (by its place among
 /// the grad-input kinds), dashed on the Free grid.
 inline std::string plot_style(const PlotSeries& series) {
-  static const char* const colors[] = {"#d62728", "#1f77b4", "#2ca02c"};
+  static const char* const colors[] = {"#d62728", "#1f77b4", "#2ca02c", "#9467bd"};
   const int q =
       static_cast<int>(fqt_examples::position(fqt_examples::grad_input_kinds(), series.quantizer));
   std::ostringstream s;
-  s << "lw 2 pt " << 5 + 2 * q << " lc rgb '" << colors[q % 3] << "' dt "
+  s << "lw 2 pt " << 5 + 2 * q << " lc rgb '" << colors[q % 4] << "' dt "
     << (series.grid == fqt::Grid::Free ? 2 : 1);
   return s.str();
 }

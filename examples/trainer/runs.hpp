@@ -42,7 +42,7 @@ struct CompareOptions {
                        ///< bits; its mode and quantizers are set per run)
   std::vector<int> bits = {8, 5, 4, 3, 2};  ///< grad-input bit widths of the FQT runs
   std::vector<fqt::QuantizerKind> quantizers =
-      fqt_examples::grad_input_kinds();                 ///< grad-input quantizers
+      fqt_examples::paper_grad_input_kinds();           ///< grad-input quantizers
   std::vector<fqt::Grid> grids = fqt_examples::kGrids;  ///< gradient grids
   bool baselines = true;                                ///< include the Exact and QAT runs
   VarianceOptions variance;  ///< K and M of the variance profile (batch size and seed: train's)

@@ -10,6 +10,7 @@
 #include "fqt/quant/block_householder.hpp"
 #include "fqt/quant/catalogue.hpp"
 #include "fqt/quant/grid.hpp"
+#include "fqt/quant/hadamard.hpp"
 #include "fqt/quant/per_sample.hpp"
 #include "fqt/quant/per_tensor.hpp"
 #include "fqt/quant/quantized.hpp"

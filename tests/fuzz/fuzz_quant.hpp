@@ -460,7 +460,7 @@ void check_quantizer(const Settings& s, const Matrix<Scalar>& x) {
         if (!quantized.transform) {
           if (!(fake == values)) finding("BHQ without a transform (PSQ) is exact", "");
         } else {
-          const auto& t = *quantized.transform;
+          const auto& t = *quantized.transform->block_householder();
           for (Index g = 0; g < t.groups(); ++g) {
             Wide magnitude = 0;
             for (Index j = 0; j < t.group_size(g); ++j) {

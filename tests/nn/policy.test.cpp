@@ -66,7 +66,7 @@ TEST_CASE("validate takes each gradient quantizer whose scales factor out of its
       CHECK_THROWS_WITH(p.validate("where"),
                         Contains("where") &&
                             Contains(std::string("grad_input quantizer '") + info.name + "'") &&
-                            Contains("ptq, psq, bhq"));
+                            Contains("ptq, psq, bhq, hadamard"));
     }
     p = nn::QuantPolicy{};
     p.grad_weight.kind = info.kind;

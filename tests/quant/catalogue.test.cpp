@@ -22,10 +22,12 @@ TEST_CASE("the table of kinds names every kind once and parses its own names",
     CHECK(&fqt::kind_info(k.kind) == &k);
   }
   CHECK(fqt::parse_quantizer_kind("BHQ") == QuantizerKind::BlockHouseholder);
-  CHECK(fqt::quantizer_kind_names() == "ptq, psq, column, channel, bhq");
-  CHECK_THROWS_WITH(fqt::parse_quantizer_kind("hadamard"),
-                    "fqt::parse_quantizer_kind: unknown quantizer 'hadamard' (expected one of "
-                    "ptq, psq, column, channel, bhq)");
+  CHECK(fqt::parse_quantizer_kind("Hadamard") == QuantizerKind::Hadamard);
+  CHECK(fqt::quantizer_kind_names() == "ptq, psq, column, channel, bhq, hadamard");
+  CHECK(fqt::quantizer_kind_names(Contraction::Columns) == "ptq, psq, bhq, hadamard");
+  CHECK_THROWS_WITH(fqt::parse_quantizer_kind("walsh"),
+                    "fqt::parse_quantizer_kind: unknown quantizer 'walsh' (expected one of "
+                    "ptq, psq, column, channel, bhq, hadamard)");
   CHECK_THROWS_AS(fqt::kind_info(static_cast<QuantizerKind>(9)), std::invalid_argument);
 }
 
@@ -41,7 +43,8 @@ TEST_CASE("a quantizer feeds only the contractions its scales are constant along
                             {QuantizerKind::PerSample, true, false, false},
                             {QuantizerKind::PerColumn, false, true, false},
                             {QuantizerKind::PerChannel, false, true, true},
-                            {QuantizerKind::BlockHouseholder, true, false, false}};
+                            {QuantizerKind::BlockHouseholder, true, false, false},
+                            {QuantizerKind::Hadamard, true, false, false}};
   for (const auto& e : table) {
     CAPTURE(fqt::kind_info(e.kind).name);
     CHECK(fqt::can_feed(e.kind, Contraction::Columns) == e.columns);
@@ -81,12 +84,14 @@ TEMPLATE_TEST_CASE("AnyQuantizer is each quantizer, bit for bit", "[quant][catal
        fqt::PerChannelQuantizer<TestType, S>(bits, grid, 3));
   same({QuantizerKind::BlockHouseholder, bits, grid, st},
        fqt::BlockHouseholderQuantizer<TestType, S>(bits, grid));
+  same({QuantizerKind::Hadamard, bits, grid, st}, fqt::HadamardQuantizer<TestType, S>(bits, grid));
   same({QuantizerKind::PerTensor, bits, grid, ne},
        fqt::PerTensorQuantizer<TestType, N>(bits, grid));
   same({QuantizerKind::PerSample, bits, grid, ne},
        fqt::PerSampleQuantizer<TestType, N>(bits, grid));
   same({QuantizerKind::BlockHouseholder, bits, grid, ne},
        fqt::BlockHouseholderQuantizer<TestType, N>(bits, grid));
+  same({QuantizerKind::Hadamard, bits, grid, ne}, fqt::HadamardQuantizer<TestType, N>(bits, grid));
 }
 
 TEST_CASE("AnyQuantizer rejects an invalid spec naming the field", "[quant][catalogue]") {
@@ -101,5 +106,7 @@ TEST_CASE("AnyQuantizer rejects an invalid spec naming the field", "[quant][cata
                     "fqt::AnyQuantizer: channels must be 1 for psq, got 2");
   CHECK_THROWS_WITH(Any({QuantizerKind::PerChannel, 4, Grid::Free, RoundingMode::Stochastic, 0}),
                     "fqt::AnyQuantizer: channels must be >= 1, got 0");
+  CHECK_THROWS_WITH(Any({QuantizerKind::Hadamard, 4, Grid::Free, RoundingMode::Stochastic, 4}),
+                    "fqt::AnyQuantizer: channels must be 1 for hadamard, got 4");
   CHECK_NOTHROW(fqt::AnyQuantizer<float, std::uint16_t>({QuantizerKind::PerTensor, 16}));
 }

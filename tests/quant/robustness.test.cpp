@@ -53,7 +53,7 @@ double original_step(const fqt::BlockHouseholderQuantizer<Scalar>& q, const Matr
   const auto r = q.quantize(x, Philox(0));
   if (!r.transform) return static_cast<double>(r.scale.maxCoeff());
   return (r.scale.template cast<double>().array() /
-          r.transform->row_scale().template cast<double>().array())
+          r.transform->block_householder()->row_scale().template cast<double>().array())
       .maxCoeff();
 }
 

@@ -7,7 +7,7 @@
 
 namespace fqt_test {
 
-/// Every grad-input quantizer (ptq, psq, bhq for the table as shipped).
+/// Every grad-input quantizer (ptq, psq, bhq, hadamard for the table as shipped).
 inline std::vector<fqt::QuantizerKind> grad_input_kinds() {
   return fqt::quantizer_kinds(fqt::Contraction::Columns);
 }

@@ -54,7 +54,7 @@ struct QuantPolicy {
   int activation_bits = 8;  ///< bits of Q_f on a layer's input (per tensor, nearest, free grid)
   int weight_bits = 8;      ///< bits of Q_f on a layer's weight (per tensor, nearest, zero aligned)
   /// Q_b1, the grad-input quantizer: a kind whose scales are constant along the columns of G
-  /// (ptq, psq or bhq), 1–8 bits
+  /// (ptq, psq, bhq or hadamard), 1–8 bits
   QuantizerSpec grad_input{QuantizerKind::BlockHouseholder, 8};
   /// Q_b2, the grad-weight quantizer: a kind whose scales are constant along the samples (ptq,
   /// column or channel), 1–8 bits. For channel the layer supplies the number of channels (see

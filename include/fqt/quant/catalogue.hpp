@@ -24,6 +24,7 @@
 #include "fqt/core/matrix.hpp"
 #include "fqt/core/random.hpp"
 #include "fqt/quant/block_householder.hpp"
+#include "fqt/quant/hadamard.hpp"
 #include "fqt/quant/per_sample.hpp"
 #include "fqt/quant/per_tensor.hpp"
 #include "fqt/quant/quantized.hpp"
@@ -31,7 +32,14 @@
 namespace fqt {
 
 /// \brief The kinds of quantizer fqt ships, in the order of `kQuantizerKinds`.
-enum class QuantizerKind { PerTensor, PerSample, PerColumn, PerChannel, BlockHouseholder };
+enum class QuantizerKind {
+  PerTensor,
+  PerSample,
+  PerColumn,
+  PerChannel,
+  BlockHouseholder,
+  Hadamard
+};
 
 /// \brief The rounding of a quantizer, as a value (the quantizer classes take it as a type).
 enum class RoundingMode { Stochastic, Nearest };
@@ -57,13 +65,14 @@ struct QuantizerKindInfo {
   QuantizerKind kind;          ///< the enumerator (its index in the table)
   const char* name;            ///< short name for command lines and reports, e.g. "psq"
   const char* class_name;      ///< the class, e.g. "PerSampleQuantizer"
-  bool row_scales;             ///< scales differ between rows (or rows are mixed, as BHQ does)
+  bool row_scales;             ///< scales differ between rows (or rows are mixed, as BHQ and
+                               ///< Hadamard do)
   ColumnScales column_scales;  ///< how scales vary along the columns
   const char* summary;         ///< one line for help texts
 };
 
 /// \brief The table of kinds, in the order of QuantizerKind.
-inline constexpr std::array<QuantizerKindInfo, 5> kQuantizerKinds = {{
+inline constexpr std::array<QuantizerKindInfo, 6> kQuantizerKinds = {{
     {QuantizerKind::PerTensor, "ptq", "PerTensorQuantizer", false, ColumnScales::Shared,
      "per tensor (PTQ): one grid for the whole gradient"},
     {QuantizerKind::PerSample, "psq", "PerSampleQuantizer", true, ColumnScales::Shared,
@@ -74,6 +83,8 @@ inline constexpr std::array<QuantizerKindInfo, 5> kQuantizerKinds = {{
      "per output channel: one grid per block of columns, over the batch"},
     {QuantizerKind::BlockHouseholder, "bhq", "BlockHouseholderQuantizer", true,
      ColumnScales::Shared, "block Householder (BHQ): sample rows mixed, then one grid per row"},
+    {QuantizerKind::Hadamard, "hadamard", "HadamardQuantizer", true, ColumnScales::Shared,
+     "randomized Hadamard: blocks of sample rows mixed by H·diag(±1), then one grid per row"},
 }};
 
 namespace detail {
@@ -108,7 +119,8 @@ inline bool can_feed(QuantizerKind kind, Contraction contraction) {
   return false;
 }
 
-/// \brief "ptq, psq, column, channel, bhq": the names of the table, for help texts and errors.
+/// \brief "ptq, psq, column, channel, bhq, hadamard": the names of the table, for help texts and
+/// errors.
 inline std::string quantizer_kind_names() {
   std::string names;
   for (const auto& k : kQuantizerKinds) names += (names.empty() ? "" : ", ") + std::string(k.name);
@@ -116,7 +128,7 @@ inline std::string quantizer_kind_names() {
 }
 
 /// \brief The kinds whose scales are constant along `contraction` (those that can_feed it), in
-/// table order: e.g. PerTensor, PerSample, BlockHouseholder for Contraction::Columns.
+/// table order: e.g. PerTensor, PerSample, BlockHouseholder, Hadamard for Contraction::Columns.
 inline std::vector<QuantizerKind> quantizer_kinds(Contraction contraction) {
   std::vector<QuantizerKind> kinds;
   for (const auto& k : kQuantizerKinds) {
@@ -126,7 +138,7 @@ inline std::vector<QuantizerKind> quantizer_kinds(Contraction contraction) {
 }
 
 /// \brief The names of the kinds whose scales are constant along `contraction` (those that
-/// can_feed it), e.g. "ptq, psq, bhq" for Contraction::Columns.
+/// can_feed it), e.g. "ptq, psq, bhq, hadamard" for Contraction::Columns.
 inline std::string quantizer_kind_names(Contraction contraction) {
   std::string names;
   for (const auto& k : kQuantizerKinds) {
@@ -184,7 +196,7 @@ class AnyQuantizer {
   using Row = std::tuple<
       PerTensorQuantizer<Scalar, Rounding, Code>, PerSampleQuantizer<Scalar, Rounding, Code>,
       PerColumnQuantizer<Scalar, Rounding, Code>, PerChannelQuantizer<Scalar, Rounding, Code>,
-      BlockHouseholderQuantizer<Scalar, Rounding, Code>>;
+      BlockHouseholderQuantizer<Scalar, Rounding, Code>, HadamardQuantizer<Scalar, Rounding, Code>>;
   template <class Stochastic, class Nearest>
   struct Join;
   template <class... S, class... N>
@@ -255,7 +267,7 @@ class AnyQuantizer {
 
   template <class Q>
   static Q construct(const QuantizerSpec& spec) {
-    if constexpr (std::is_constructible_v<Q, int, Grid, Index>) {
+    if constexpr (Q::granularity == Granularity::PerChannel) {
       return Q(spec.bits, spec.grid, spec.channels);
     } else {
       return Q(spec.bits, spec.grid);

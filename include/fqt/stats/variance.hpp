@@ -275,12 +275,12 @@ double per_column_bound(const Eigen::MatrixBase<Derived>& g, int bits) {
 /// independent of every other element's, and T⁻¹ maps it onto column j with weights T⁻¹e_r.
 /// \param g the gradient, N × D, not empty, finite
 /// \param bits 1 ≤ bits ≤ 16
-/// \param transform T, acting on N rows
+/// \param transform T, acting on N rows: a BlockHouseholderTransform, a HadamardTransform (for
+///        which ‖T⁻¹e_r‖ = 1) or a RowTransform holding either, over g's Scalar
 /// \throws std::invalid_argument on bad bits, an empty g or a transform of another size;
 /// std::domain_error on NaN/Inf
-template <class Derived>
-double transform_bound(const Eigen::MatrixBase<Derived>& g, int bits,
-                       const BlockHouseholderTransform<typename Derived::Scalar>& transform) {
+template <class Derived, class Transform>
+double transform_bound(const Eigen::MatrixBase<Derived>& g, int bits, const Transform& transform) {
   using Scalar = typename Derived::Scalar;
   constexpr const char* kWhere = "fqt::stats::transform_bound";
   const double b = detail::checked_max_code(bits, kWhere);

@@ -273,7 +273,7 @@ void columns_of(const Quantized<Scalar, Code>& q, Index n, Index k, At at, Sum s
 
 // y.row(i) += c_i·v with c the transform's row offsets.
 template <class Scalar, class V>
-void add_row_offsets(const BlockHouseholderTransform<Scalar>& t, const V& v, MatrixRef<Scalar> y) {
+void add_row_offsets(const RowTransform<Scalar>& t, const V& v, MatrixRef<Scalar> y) {
   const Vector<Scalar>& c = t.row_offset();
   for (Index i = 0; i < y.rows(); ++i) {
     if (c(i) != 0) y.row(i).array() += c(i) * v.transpose();
