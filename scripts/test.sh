@@ -2,7 +2,7 @@
 # Builds fqt and runs its whole test suite twice: optimised for this machine with GCC (the
 # AVX-512 paths where the CPU has them), then portable under AddressSanitizer and
 # UndefinedBehaviorSanitizer with Clang; then builds the libFuzzer harnesses, replays their seed
-# corpus and fuzzes each for FQT_FUZZ_SECONDS (30 s by default). Installs missing Debian
+# corpus and fuzzes each for FQT_FUZZ_SECONDS (20 s by default). Installs missing Debian
 # packages first.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -17,6 +17,7 @@ cmake -S . -B build/release -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=g++ 
 cmake --build build/release -j "$jobs"
 (cd build/release && ctest --output-on-failure -j "$jobs")
 
+echo "== optimised stage done at ${SECONDS} s"
 echo "== portable build under AddressSanitizer + UndefinedBehaviorSanitizer (Clang)"
 # Without oneDNN (it brings GCC's OpenMP runtime, Clang's is libomp): the int8 tests run the
 # portable integer GEMM here.
@@ -27,9 +28,11 @@ cmake -S . -B build/sanitize -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_COMPILER=clang
 cmake --build build/sanitize -j "$jobs"
 (cd build/sanitize && ASAN_OPTIONS=detect_leaks=1 ctest --output-on-failure -j "$jobs" -E '^consumer')
 
-echo "== fuzzing (Clang, libFuzzer + ASan + UBSan): the seed corpus, then ${FQT_FUZZ_SECONDS:-30} s per harness"
+echo "== sanitizer stage done at ${SECONDS} s"
+echo "== fuzzing (Clang, libFuzzer + ASan + UBSan): the seed corpus, then ${FQT_FUZZ_SECONDS:-20} s per harness"
 # New inputs and findings go to build/fuzz/tests/fuzz/{scratch,findings}/<harness>/.
 source scripts/fuzz_config.sh
-fqt_configure_fuzzers "${FQT_FUZZ_SECONDS:-30}"
+fqt_configure_fuzzers "${FQT_FUZZ_SECONDS:-20}"
 cmake --build build/fuzz -j "$jobs"
 (cd build/fuzz && ctest --output-on-failure -j "$jobs" -L fuzz)
+echo "== all stages passed in ${SECONDS} s"
