@@ -228,10 +228,10 @@ namespace detail {
 
 /// \brief The fast Walsh–Hadamard butterflies on the m rows at rows + j·stride, columns [0, n):
 /// rows ← H_m·rows (unnormalised, m a power of two), stage by stage; stage h pairs row j with row
-/// j + h within each run of 2h rows.
+/// j + h within each run of 2h rows. Stages before `first` are taken as done.
 template <class Scalar>
-inline void walsh_hadamard_rows(Scalar* rows, Index stride, Index m, Index n) {
-  for (Index h = 1; h < m; h *= 2) {
+inline void walsh_hadamard_rows(Scalar* rows, Index stride, Index m, Index n, Index first = 1) {
+  for (Index h = first; h < m; h *= 2) {
     for (Index i = 0; i < m; i += 2 * h) {
       for (Index j = i; j < i + h; ++j) {
         Scalar* a = rows + j * stride;
@@ -326,19 +326,7 @@ inline void walsh_hadamard_block(const Scalar* x, Index stride, const Scalar* f,
         walsh_hadamard_strip<16>(x + k * stride, stride, f + k, out + k * out_stride, out_stride,
                                  n);
       }
-      for (Index h = 16; h < m; h *= 2) {
-        for (Index i = 0; i < m; i += 2 * h) {
-          for (Index j = i; j < i + h; ++j) {
-            Scalar* a = out + j * out_stride;
-            Scalar* b = out + (j + h) * out_stride;
-            for (Index c = 0; c < n; ++c) {
-              const Scalar u = a[c], v = b[c];
-              a[c] = u + v;
-              b[c] = u - v;
-            }
-          }
-        }
-      }
+      walsh_hadamard_rows(out, out_stride, m, n, 16);
   }
 }
 
