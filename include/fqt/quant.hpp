@@ -6,6 +6,7 @@
 #include "fqt/core/matrix.hpp"
 #include "fqt/core/parallel.hpp"
 #include "fqt/core/random.hpp"
+#include "fqt/quant/adaptive.hpp"
 #include "fqt/quant/affine.hpp"
 #include "fqt/quant/block_householder.hpp"
 #include "fqt/quant/catalogue.hpp"

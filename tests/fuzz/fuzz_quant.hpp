@@ -3,9 +3,9 @@
 // quantizer's settings decoded from the input, every public call made, every invariant checked.
 //
 // Input layout (all optional: missing bytes read as 0, missing elements are 0):
-//   byte 0     flags: bit 0 double (else float), bit 1 Nearest (else Stochastic), bit 2
-//              Grid::ZeroAligned (else Free), bits 3-6 all set: tile the matrix to >= 64 x 1024
-//              so that the parallel loops run on threads
+//   byte 0     flags: bit 0 double (else float), bit 1 Nearest (else Stochastic), bits 2 and 7
+//              the grid (neither: Free, 2: ZeroAligned, 7: Paper, both: Auto), bits 3-6 all
+//              set: tile the matrix to >= 64 x 1024 so that the parallel loops run on threads
 //   byte 1     bits: kBits[byte % 16], 1..8 and the out-of-range 0, 9, -1, 16
 //   byte 2, 3  rows, cols: byte % 41 (0..40, empty matrices included)
 //   byte 4-11  the Philox seed; byte 12 the stream
@@ -122,6 +122,7 @@ Scalar special(int i) {
 struct Settings {
   std::uint8_t flags = 0;
   bool is_double = false, nearest = false, zero_aligned = false, large = false;
+  fqt::Grid grid = fqt::Grid::Free;
   int bits = 1;
   Index rows = 0, cols = 0;
   std::uint64_t seed = 0, stream = 0;
@@ -132,7 +133,9 @@ inline Settings decode_settings(ByteReader& in) {
   s.flags = in.byte();
   s.is_double = s.flags & 1;
   s.nearest = s.flags & 2;
-  s.zero_aligned = s.flags & 4;
+  s.zero_aligned = (s.flags & 0x84) == 0x04;
+  s.grid = (s.flags & 0x80) ? ((s.flags & 4) ? fqt::Grid::Auto : fqt::Grid::Paper)
+                            : ((s.flags & 4) ? fqt::Grid::ZeroAligned : fqt::Grid::Free);
   s.large = (s.flags & kLargeFlags) == kLargeFlags;
   s.bits = kBits[in.byte() % 16];
   s.rows = in.byte() % 41;
@@ -180,9 +183,8 @@ std::string describe(const char* quantizer, const Settings& s, const Matrix<Scal
   out.precision(std::numeric_limits<Scalar>::max_digits10);
   out << quantizer << "<" << (s.is_double ? "double" : "float") << ", "
       << (s.nearest ? "Nearest" : "Stochastic") << ">(bits " << s.bits << ", "
-      << (s.zero_aligned ? "Grid::ZeroAligned" : "Grid::Free") << "), Philox(" << s.seed << ", "
-      << s.stream << "), x " << x.rows() << " x " << x.cols() << (s.large ? " (tiled)" : "")
-      << " = [";
+      << "Grid::" << fqt::to_string(s.grid) << "), Philox(" << s.seed << ", " << s.stream << "), x "
+      << x.rows() << " x " << x.cols() << (s.large ? " (tiled)" : "") << " = [";
   const Index shown = s.rows * s.cols;
   for (Index k = 0; k < shown && k < x.size() && k < 200; ++k) {
     const Index i = k / std::max<Index>(s.cols, 1), j = k % std::max<Index>(s.cols, 1);
@@ -233,7 +235,7 @@ void check_quantizer(const Settings& s, const Matrix<Scalar>& x) {
   const char* name = Quantizer::name();
   context() = describe(name, s, x);
 
-  const fqt::Grid grid = s.zero_aligned ? fqt::Grid::ZeroAligned : fqt::Grid::Free;
+  const fqt::Grid grid = s.grid;
   std::optional<Quantizer> q;
   std::string message;
   const Threw built = attempt(

@@ -59,7 +59,7 @@ TEMPLATE_TEST_CASE("codes lie in [0, B] and dequantize within one step", "[quant
 TEMPLATE_TEST_CASE("stochastic rounding is unbiased for every quantizer and bit width",
                    "[quant][statistical]", float, double) {
   const int bits = GENERATE(range(1, 9));
-  const Grid grid = GENERATE(Grid::Free, Grid::ZeroAligned);
+  const Grid grid = GENERATE(Grid::Free, Grid::ZeroAligned, Grid::Paper, Grid::Auto);
   const Matrix<TestType> x = fqt_test::sparse<TestType>(7, 24, 0.25, 17);
   for_each_quantizer<TestType>(bits, grid, [&](const auto& q) {
     INFO(q.name() << " bits " << bits << " grid " << static_cast<int>(grid));
@@ -73,7 +73,7 @@ TEMPLATE_TEST_CASE("stochastic rounding is unbiased for every quantizer and bit 
 TEMPLATE_TEST_CASE("Monte-Carlo variance matches the exact variance, under the bound",
                    "[quant][statistical]", float, double) {
   const int bits = GENERATE(2, 4, 8);
-  const Grid grid = GENERATE(Grid::Free, Grid::ZeroAligned);
+  const Grid grid = GENERATE(Grid::Free, Grid::ZeroAligned, Grid::Paper, Grid::Auto);
   const Matrix<TestType> x = fqt_test::sparse<TestType>(12, 40, 0.2, 23);
   for_each_quantizer<TestType>(bits, grid, [&](const auto& q) {
     INFO(q.name() << " bits " << bits);

@@ -214,3 +214,49 @@ TEST_CASE("BHQ codes are PSQ codes of the transformed matrix", "[quant][bhq]") {
   // And the fused fake quantization is the dequantized codes, bit for bit.
   REQUIRE(bhq(x, Philox(3, 1)) == q.dequantize());
 }
+
+TEST_CASE("BHQ mixing only where it helps is never worse than PSQ or the full BHQ",
+          "[quant][bhq]") {
+  const int bits = GENERATE(2, 4, 8);
+  const Grid grid = GENERATE(Grid::ZeroAligned, Grid::Auto, Grid::Free);
+  for (const double zeros : {0.0, 0.5, 0.85}) {
+    const Matrix<double> x = fqt_test::sparse<double>(48, 64, zeros, 31);
+    INFO("bits " << bits << " grid " << fqt::to_string(grid) << " zeros " << zeros);
+    const fqt::BlockHouseholderQuantizer<double> selective(bits, grid,
+                                                           fqt::BhqMixing::WhereItHelps);
+    const double s = selective.expected_variance(x);
+    const double full = fqt::BlockHouseholderQuantizer<double>(bits, grid).expected_variance(x);
+    const double psq = fqt::PerSampleQuantizer<double>(bits, grid).expected_variance(x);
+    INFO("selective " << s << " full " << full << " psq " << psq);
+    REQUIRE(s <= full * (1 + 1e-12));
+    REQUIRE(s <= psq * (1 + 1e-12));
+    // Its exact variance is its codes': the element variances add up, and codes are the PSQ codes
+    // of its transformed matrix.
+    REQUIRE_THAT(selective.element_variance(x).sum(), Catch::Matchers::WithinRel(s, 1e-9));
+    const auto t = selective.transform_for(x);
+    if (t) {
+      Matrix<double> tx = x;
+      t->apply(tx);
+      Matrix<double> back = tx;
+      t->apply_inverse(back);
+      REQUIRE((back - x).cwiseAbs().maxCoeff() <= 1e-9 * x.cwiseAbs().maxCoeff());
+    }
+  }
+  REQUIRE_THROWS_WITH(
+      fqt::BlockHouseholderQuantizer<double>(4, Grid::Auto, static_cast<fqt::BhqMixing>(5)),
+      Catch::Matchers::Contains("mixing must be All or WhereItHelps"));
+}
+
+TEST_CASE("BHQ mixing where it helps is unbiased with its exact variance",
+          "[quant][bhq][statistical]") {
+  const Matrix<double> x = fqt_test::sparse<double>(12, 40, 0.5, 41);
+  for (const int bits : {2, 4}) {
+    const fqt::BlockHouseholderQuantizer<double> q(bits, Grid::Auto, fqt::BhqMixing::WhereItHelps);
+    const auto m = fqt_test::moments(q, x, 2000, 300 + static_cast<std::uint64_t>(bits));
+    fqt_test::require_unbiased(m, q.element_variance(x), x,
+                               static_cast<double>(q.quantize(x, Philox(0)).scale.maxCoeff()));
+    const double exact = q.expected_variance(x);
+    INFO("bits " << bits << " exact " << exact << " Monte-Carlo " << m.mse << " ± " << m.mse_se);
+    REQUIRE(std::abs(m.mse - exact) <= 6 * m.mse_se + 1e-9 * exact);
+  }
+}

@@ -23,11 +23,11 @@ TEST_CASE("the table of kinds names every kind once and parses its own names",
   }
   CHECK(fqt::parse_quantizer_kind("BHQ") == QuantizerKind::BlockHouseholder);
   CHECK(fqt::parse_quantizer_kind("Hadamard") == QuantizerKind::Hadamard);
-  CHECK(fqt::quantizer_kind_names() == "ptq, psq, column, channel, bhq, hadamard");
-  CHECK(fqt::quantizer_kind_names(Contraction::Columns) == "ptq, psq, bhq, hadamard");
+  CHECK(fqt::quantizer_kind_names() == "ptq, psq, column, channel, bhq, hadamard, adaptive");
+  CHECK(fqt::quantizer_kind_names(Contraction::Columns) == "ptq, psq, bhq, hadamard, adaptive");
   CHECK_THROWS_WITH(fqt::parse_quantizer_kind("walsh"),
                     "fqt::parse_quantizer_kind: unknown quantizer 'walsh' (expected one of "
-                    "ptq, psq, column, channel, bhq, hadamard)");
+                    "ptq, psq, column, channel, bhq, hadamard, adaptive)");
   CHECK_THROWS_AS(fqt::kind_info(static_cast<QuantizerKind>(9)), std::invalid_argument);
 }
 
@@ -44,7 +44,8 @@ TEST_CASE("a quantizer feeds only the contractions its scales are constant along
                             {QuantizerKind::PerColumn, false, true, false},
                             {QuantizerKind::PerChannel, false, true, true},
                             {QuantizerKind::BlockHouseholder, true, false, false},
-                            {QuantizerKind::Hadamard, true, false, false}};
+                            {QuantizerKind::Hadamard, true, false, false},
+                            {QuantizerKind::Adaptive, true, false, false}};
   for (const auto& e : table) {
     CAPTURE(fqt::kind_info(e.kind).name);
     CHECK(fqt::can_feed(e.kind, Contraction::Columns) == e.columns);
@@ -56,7 +57,7 @@ TEST_CASE("a quantizer feeds only the contractions its scales are constant along
 TEMPLATE_TEST_CASE("AnyQuantizer is each quantizer, bit for bit", "[quant][catalogue]", float,
                    double) {
   const Matrix<TestType> x = fqt_test::sparse<TestType>(9, 24, 0.3, 2);
-  const Grid grid = GENERATE(Grid::Free, Grid::ZeroAligned);
+  const Grid grid = GENERATE(Grid::Free, Grid::ZeroAligned, Grid::Paper, Grid::Auto);
   const int bits = 4;
   auto same = [&](const QuantizerSpec& spec, const auto& direct) {
     const fqt::AnyQuantizer<TestType> any(spec);
@@ -85,6 +86,7 @@ TEMPLATE_TEST_CASE("AnyQuantizer is each quantizer, bit for bit", "[quant][catal
   same({QuantizerKind::BlockHouseholder, bits, grid, st},
        fqt::BlockHouseholderQuantizer<TestType, S>(bits, grid));
   same({QuantizerKind::Hadamard, bits, grid, st}, fqt::HadamardQuantizer<TestType, S>(bits, grid));
+  same({QuantizerKind::Adaptive, bits, grid, st}, fqt::AdaptiveQuantizer<TestType, S>(bits, grid));
   same({QuantizerKind::PerTensor, bits, grid, ne},
        fqt::PerTensorQuantizer<TestType, N>(bits, grid));
   same({QuantizerKind::PerSample, bits, grid, ne},
@@ -101,7 +103,7 @@ TEST_CASE("AnyQuantizer rejects an invalid spec naming the field", "[quant][cata
   CHECK_THROWS_WITH(Any({static_cast<QuantizerKind>(7), 4}),
                     Catch::Matchers::StartsWith("fqt::AnyQuantizer: kind must be one of ptq"));
   CHECK_THROWS_WITH(Any({QuantizerKind::PerSample, 4, static_cast<Grid>(5)}),
-                    "fqt::AnyQuantizer: grid must be Free or ZeroAligned, got 5");
+                    "fqt::AnyQuantizer: grid must be Free, ZeroAligned, Paper or Auto, got 5");
   CHECK_THROWS_WITH(Any({QuantizerKind::PerSample, 4, Grid::Free, RoundingMode::Stochastic, 2}),
                     "fqt::AnyQuantizer: channels must be 1 for psq, got 2");
   CHECK_THROWS_WITH(Any({QuantizerKind::PerChannel, 4, Grid::Free, RoundingMode::Stochastic, 0}),

@@ -187,7 +187,7 @@ TEST_CASE("Hadamard codes do not depend on the thread count", "[quant][hadamard]
 TEMPLATE_TEST_CASE("given its signs, the Hadamard quantizer is unbiased with the exact variance",
                    "[quant][hadamard][statistical]", float, double) {
   const int bits = GENERATE(1, 2, 4, 8);
-  const Grid grid = GENERATE(Grid::Free, Grid::ZeroAligned);
+  const Grid grid = GENERATE(Grid::Free, Grid::ZeroAligned, Grid::Auto);
   CAPTURE(bits, grid == Grid::Free);
   // 23 rows: blocks of 8, 8, 4, 2 and a single row.
   const Matrix<TestType> x = fqt_test::sparse<TestType>(23, 40, 0.25, 17);

@@ -142,9 +142,9 @@ TEMPLATE_TEST_CASE("the zero-aligned grid keeps 0 exact at extreme ratios of min
         CHECK(values(0, 1) == 0);
         CHECK(values(1, 1) == 0);
       };
-      each(fqt::PerTensorQuantizer<TestType>(bits));
-      each(fqt::PerSampleQuantizer<TestType>(bits));
-      each(fqt::PerColumnQuantizer<TestType>(bits));
+      each(fqt::PerTensorQuantizer<TestType>(bits, Grid::ZeroAligned));
+      each(fqt::PerSampleQuantizer<TestType>(bits, Grid::ZeroAligned));
+      each(fqt::PerColumnQuantizer<TestType>(bits, Grid::ZeroAligned));
     }
   }
 }

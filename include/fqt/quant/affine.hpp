@@ -69,12 +69,17 @@ class AffineQuantizer {
   static constexpr Granularity granularity = kGranularity;
 
   /// \param bits 1 ≤ bits ≤ 8·sizeof(Code)
-  /// \param grid where the grid sits (ZeroAligned keeps exact zeros exact)
+  /// \param grid where the grid sits (see `Grid`; Paper is Free for all but PerTensor)
   /// \param channels PerChannel only: the number K of column blocks (the inputs' columns must be a
   ///        multiple of K); 1 for the other granularities
-  explicit AffineQuantizer(int bits, Grid grid = Grid::ZeroAligned, Index channels = 1)
-      : bits_(bits), grid_(grid), channels_(channels) {
+  explicit AffineQuantizer(int bits, Grid grid = Grid::Auto, Index channels = 1)
+      : bits_(bits),
+        grid_(grid),
+        map_grid_(kGranularity == Granularity::PerTensor ? grid : detail::row_grid(grid)),
+        channels_(channels) {
     detail::check_bits<Scalar>(bits, 8 * static_cast<int>(sizeof(Code)), name());
+    check(is_grid(grid), name(), "grid must be Free, ZeroAligned, Paper or Auto, got ",
+          static_cast<long long>(grid));
     check(kGranularity == Granularity::PerChannel ? channels >= 1 : channels == 1, name(),
           "channels must be ", kGranularity == Granularity::PerChannel ? ">= 1" : "1", ", got ",
           channels);
@@ -130,7 +135,13 @@ class AffineQuantizer {
           hi = std::max(hi, h);
         }
         if (!std::isfinite(hi - lo)) detail::throw_non_finite<Scalar>(x, name());
-        maps.set(k, detail::choose_grid(lo, hi, max_code(), grid_, name()));
+        if (map_grid_ != Grid::Auto) {
+          maps.set(k, detail::choose_grid(lo, hi, max_code(), map_grid_, name()));
+          return;
+        }
+        detail::AutoGrid<Scalar> g(lo, hi, max_code(), name());
+        for (Index i = 0; i < n; ++i) g.add(x.row(i).data() + k * width, width);
+        maps.set(k, g.choice());
       });
     } else if constexpr (kGranularity == Granularity::PerColumn) {
       Eigen::Array<Scalar, 1, Eigen::Dynamic> lo, hi;
@@ -147,8 +158,11 @@ class AffineQuantizer {
       maps.resize(d);
       for (Index j = 0; j < d; ++j) {
         if (!std::isfinite(hi(j) - lo(j))) detail::throw_non_finite<Scalar>(x, name());
-        maps.set(j, detail::choose_grid(lo(j), hi(j), max_code(), grid_, name()));
+        maps.set(j, detail::choose_grid(lo(j), hi(j), max_code(),
+                                        map_grid_ == Grid::Auto ? Grid::ZeroAligned : map_grid_,
+                                        name()));
       }
+      if (map_grid_ == Grid::Auto) choose_column_grids(x, lo, hi, maps);
     } else {
       Vector<Scalar> lo(n), hi(n);
       parallel_for(n, d, [&](Index i) { detail::row_range<Scalar>(x, i, lo(i), hi(i), name()); });
@@ -156,11 +170,28 @@ class AffineQuantizer {
         maps.resize(1);
         const Scalar l = lo.minCoeff(), h = hi.maxCoeff();
         if (!std::isfinite(h - l)) detail::throw_non_finite<Scalar>(x, name());
-        maps.set(0, detail::choose_grid(l, h, max_code(), grid_, name()));
+        if (map_grid_ != Grid::Auto) {
+          maps.set(0, detail::choose_grid(l, h, max_code(), map_grid_, name()));
+        } else {
+          // The two grids' variances, row by row (a second pass over x), then summed.
+          detail::AutoGrid<Scalar> g(l, h, max_code(), name());
+          if (g.differ) {
+            Vector<double> sum_free(n), sum_zero(n);
+            parallel_for(n, 2 * d, [&](Index i) {
+              detail::AutoGrid<Scalar> row = g;
+              row.free_sum = row.zero_sum = 0;
+              row.add(x.row(i).data(), d);
+              sum_free(i) = row.free_sum;
+              sum_zero(i) = row.zero_sum;
+            });
+            g.free_sum = sum_free.sum();
+            g.zero_sum = sum_zero.sum();
+          }
+          maps.set(0, g.choice());
+        }
       } else {
         maps.resize(n);
-        for (Index i = 0; i < n; ++i)
-          maps.set(i, detail::choose_grid(lo(i), hi(i), max_code(), grid_, name()));
+        for (Index i = 0; i < n; ++i) maps.set(i, row_grid_map(x, i, lo(i), hi(i)));
       }
     }
     return maps;
@@ -264,6 +295,49 @@ class AffineQuantizer {
   }
 
  private:
+  // The map of row i (PerRow), whose range is [lo, hi]; Auto looks at the row while it is in
+  // cache.
+  AffineMap<Scalar> row_grid_map(const MatrixCRef<Scalar>& x, Index i, Scalar lo, Scalar hi) const {
+    return detail::choose_grid_for(x.row(i).data(), x.cols(), lo, hi, max_code(), map_grid_,
+                                   name());
+  }
+
+  // Grid::Auto per column: maps holds the ZeroAligned maps of the columns; where a column's Free
+  // map differs, Σ f(1 − f) under both is accumulated down the rows (vectorized along the row),
+  // and the Free map replaces the ZeroAligned one where its variance is lower.
+  void choose_column_grids(const MatrixCRef<Scalar>& x,
+                           const Eigen::Array<Scalar, 1, Eigen::Dynamic>& lo,
+                           const Eigen::Array<Scalar, 1, Eigen::Dynamic>& hi,
+                           detail::AffineMaps<Scalar>& maps) const {
+    const Index n = x.rows(), d = x.cols();
+    detail::AffineMaps<Scalar> free;
+    free.resize(d);
+    bool any = false;
+    for (Index j = 0; j < d; ++j) {
+      free.set(j, detail::choose_grid(lo(j), hi(j), max_code(), Grid::Free, name()));
+      any = any || free.scale(j) != maps.scale(j) || free.zero_point(j) != maps.zero_point(j);
+    }
+    if (!any) return;
+    using Row = Eigen::Array<Scalar, 1, Eigen::Dynamic>;
+    Row sum_free = Row::Zero(d), sum_zero = Row::Zero(d);
+    const auto inv_f = free.inv_scale.transpose().array(),
+               zp_f = free.zero_point.transpose().array();
+    const auto inv_z = maps.inv_scale.transpose().array(),
+               zp_z = maps.zero_point.transpose().array();
+    for (Index i = 0; i < n; ++i) {
+      const auto v = x.row(i).array();
+      const auto yf = v * inv_f + zp_f;
+      const auto yz = v * inv_z + zp_z;
+      sum_free += (yf - yf.floor()) - (yf - yf.floor()).square();
+      sum_zero += (yz - yz.floor()) - (yz - yz.floor()).square();
+    }
+    for (Index j = 0; j < d; ++j) {
+      const double f = static_cast<double>(free.scale(j)), z = static_cast<double>(maps.scale(j));
+      if (f * f * static_cast<double>(sum_free(j)) < z * z * static_cast<double>(sum_zero(j)))
+        maps.set(j, free.get(j));
+    }
+  }
+
   static AffineMap<Scalar> row_map(const detail::AffineMaps<Scalar>& m, Index i) {
     if constexpr (kGranularity == Granularity::PerRow) return m.get(i);
     if constexpr (kGranularity == Granularity::PerTensor) return m.get(0);
@@ -301,7 +375,7 @@ class AffineQuantizer {
       if constexpr (kGranularity == Granularity::PerRow) {
         Scalar lo, hi;
         detail::row_range<Scalar>(x, i, lo, hi, name());
-        m.set(i, detail::choose_grid(lo, hi, max_code(), grid_, name()));
+        m.set(i, row_grid_map(x, i, lo, hi));
       }
       for_each_segment(m, i, d, [&](Index j0, Index width, const AffineMap<Scalar>& map) {
         detail::quantize_row<Rounding, Scalar, Out>(
@@ -313,7 +387,8 @@ class AffineQuantizer {
   }
 
   int bits_;
-  Grid grid_;
+  Grid grid_;      // as given
+  Grid map_grid_;  // what choose_grid sees: Paper is Free for all but PerTensor
   Index channels_;
 };
 

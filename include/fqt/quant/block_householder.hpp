@@ -122,6 +122,20 @@ std::optional<BlockHouseholderTransform<Scalar>> bhq_transform(const Vector<Scal
 
 }  // namespace detail
 
+/// \brief Which of BHQ's groups are mixed.
+enum class BhqMixing {
+  /// Every group, as the paper (and its released code) does.
+  All,
+  /// Only the groups whose mixing lowers their exact variance: a group whose transformed rows
+  /// have a larger variance Σ_r ‖T⁻¹e_r‖²·Σ_j Δ_r²·p(1 − p) than its own rows quantized per
+  /// sample is left unmixed (its rows become singleton groups with s = 1 and c = 0, i.e. PSQ
+  /// rows). Mixing turns the exact zeros of sparse (ReLU-masked) gradients into non-zeros, which
+  /// the zero-aligned and automatic grids would otherwise have quantized for free; this keeps
+  /// BHQ's variance at or below both PSQ's and the full BHQ's on the same grid, for one extra
+  /// compute pass over G.
+  WhereItHelps
+};
+
 /// \brief Block Householder quantizer (BHQ): Q(G) = T⁻¹·Q_psq(T·G).
 ///
 /// Each head row (a row with a large range) is spread evenly over a group of small rows by a
@@ -143,16 +157,24 @@ class BlockHouseholderQuantizer {
 
   /// \param bits 1 ≤ bits ≤ 8·sizeof(Code)
   /// \param grid the grid of each transformed row
-  explicit BlockHouseholderQuantizer(int bits, Grid grid = Grid::ZeroAligned)
-      : row_quantizer_(check_bits(bits), grid) {}
+  /// \param mixing every group (the paper's BHQ) or only those it helps
+  explicit BlockHouseholderQuantizer(int bits, Grid grid = Grid::Auto,
+                                     BhqMixing mixing = BhqMixing::All)
+      : row_quantizer_(check_bits(bits), grid), mixing_(mixing) {
+    check(mixing == BhqMixing::All || mixing == BhqMixing::WhereItHelps, name(),
+          "mixing must be All or WhereItHelps, got ", static_cast<long long>(mixing));
+  }
 
   static constexpr const char* name() { return "BlockHouseholderQuantizer"; }
   int bits() const { return row_quantizer_.bits(); }
   Grid grid() const { return row_quantizer_.grid(); }
   int max_code() const { return row_quantizer_.max_code(); }
+  BhqMixing mixing() const { return mixing_; }
 
   /// \brief The transform T that BHQ uses for x (nothing when it falls back to PSQ). Rows whose
-  /// range does not contain 0 are centred on their midpoint before they are mixed.
+  /// range does not contain 0 are centred on their midpoint before they are mixed. With
+  /// BhqMixing::WhereItHelps the groups whose mixing does not lower their variance are unmixed
+  /// (nothing when no group is left mixed).
   std::optional<BlockHouseholderTransform<Scalar>> transform_for(
       const MatrixCRef<Scalar>& x) const {
     if (x.rows() == 0 || x.cols() == 0) return std::nullopt;
@@ -163,7 +185,9 @@ class BlockHouseholderQuantizer {
       range(i) = hi - lo;
       offset(i) = lo <= 0 && hi >= 0 ? Scalar(0) : lo + range(i) / 2;
     });
-    return detail::bhq_transform(range, std::move(offset));
+    auto t = detail::bhq_transform(range, std::move(offset));
+    if (t && mixing_ == BhqMixing::WhereItHelps) t = mixed_where_it_helps(x, *t);
+    return t;
   }
 
   /// \brief Quantizes T·x row by row; the result carries T (dequantize applies T⁻¹).
@@ -280,7 +304,10 @@ class BlockHouseholderQuantizer {
     for (Index r = 0; r < tx.rows() && tx.cols() > 0; ++r) {
       Scalar lo, hi;
       detail::row_range<Scalar>(tx, r, lo, hi, name());
-      total += c(r) * per_row(tx, r, detail::choose_grid(lo, hi, max_code(), grid(), name()));
+      total +=
+          c(r) * per_row(tx, r,
+                         detail::choose_grid_for(tx.row(r).data(), tx.cols(), lo, hi, max_code(),
+                                                 detail::row_grid(grid()), name()));
     }
     return detail::checked_variance<Scalar>(total, name());
   }
@@ -320,7 +347,8 @@ class BlockHouseholderQuantizer {
         Scalar lo, hi;
         if (!t.transform_row(x.data(), x_stride, d, g, j, w.data(), row.data(), lo, hi))
           detail::throw_non_finite<Scalar>(x, name());
-        const auto map = detail::choose_grid(lo, hi, max_code(), grid(), name());
+        const auto map = detail::choose_grid_for(row.data(), d, lo, hi, max_code(),
+                                                 detail::row_grid(grid()), name());
         if (scale) {
           (*scale)(r) = map.scale;
           (*zero_point)(r) = map.zero_point;
@@ -337,7 +365,70 @@ class BlockHouseholderQuantizer {
     });
   }
 
+  // The exact variance of one row of n values under this quantizer's row grid.
+  double row_variance_of(const Scalar* row, Index n, Scalar lo, Scalar hi) const {
+    if constexpr (!Rounding::is_stochastic) {
+      (void)row, (void)n, (void)lo, (void)hi;
+      return 0;
+    } else {
+      const auto map =
+          detail::choose_grid_for(row, n, lo, hi, max_code(), detail::row_grid(grid()), name());
+      return detail::row_variance<Scalar>(row, n, map, nullptr, nullptr, nullptr, max_code());
+    }
+  }
+
+  // BhqMixing::WhereItHelps: t with every group whose transformed rows have a larger variance
+  // than its own rows per sample split into unmixed singletons (s = 1, c = 0).
+  std::optional<BlockHouseholderTransform<Scalar>> mixed_where_it_helps(
+      const MatrixCRef<Scalar>& x, const BlockHouseholderTransform<Scalar>& t) const {
+    const Index d = x.cols(), stride = x.outerStride();
+    const Vector<double> c = t.inverse_column_norms();
+    std::vector<char> keep(static_cast<std::size_t>(t.groups()), 0);
+    parallel_for(t.groups(), 2 * d, [&](Index g) {
+      const Index m = t.group_size(g);
+      if (m < 2 && t.row_scale()(t.member(g, 0)) == 1 && t.row_offset()(t.member(g, 0)) == 0)
+        return;  // already a PSQ row
+      thread_local Eigen::Matrix<Scalar, 1, Eigen::Dynamic> w, row;
+      w.resize(d);
+      row.resize(d);
+      t.mix(x.data(), stride, d, g, w.data());
+      double mixed = 0, plain = 0;
+      for (Index j = 0; j < m; ++j) {
+        const Index r = t.member(g, j);
+        Scalar lo, hi;
+        if (!t.transform_row(x.data(), stride, d, g, j, w.data(), row.data(), lo, hi))
+          detail::throw_non_finite<Scalar>(x, name());
+        mixed += c(r) * row_variance_of(row.data(), d, lo, hi);
+        detail::row_range<Scalar>(x, r, lo, hi, name());
+        plain += row_variance_of(x.row(r).data(), d, lo, hi);
+      }
+      keep[static_cast<std::size_t>(g)] = mixed < plain;
+    });
+    std::vector<Index> order, offsets{0};
+    Vector<Scalar> scale = t.row_scale(), offset = t.row_offset();
+    bool any = false;
+    for (Index g = 0; g < t.groups(); ++g) {
+      const Index m = t.group_size(g);
+      const bool mixed = keep[static_cast<std::size_t>(g)] != 0;
+      for (Index j = 0; j < m; ++j) {
+        const Index r = t.member(g, j);
+        order.push_back(r);
+        if (!mixed) {
+          scale(r) = 1;
+          offset(r) = 0;
+          offsets.push_back(static_cast<Index>(order.size()));
+        }
+      }
+      if (mixed) offsets.push_back(static_cast<Index>(order.size()));
+      any = any || mixed;
+    }
+    if (!any) return std::nullopt;
+    return BlockHouseholderTransform<Scalar>(std::move(order), std::move(offsets), std::move(scale),
+                                             std::move(offset));
+  }
+
   RowQuantizer row_quantizer_;
+  BhqMixing mixing_;
 };
 
 }  // namespace fqt

@@ -23,6 +23,7 @@
 #include "fqt/core/error.hpp"
 #include "fqt/core/matrix.hpp"
 #include "fqt/core/random.hpp"
+#include "fqt/quant/adaptive.hpp"
 #include "fqt/quant/block_householder.hpp"
 #include "fqt/quant/hadamard.hpp"
 #include "fqt/quant/per_sample.hpp"
@@ -38,7 +39,8 @@ enum class QuantizerKind {
   PerColumn,
   PerChannel,
   BlockHouseholder,
-  Hadamard
+  Hadamard,
+  Adaptive
 };
 
 /// \brief The rounding of a quantizer, as a value (the quantizer classes take it as a type).
@@ -72,7 +74,7 @@ struct QuantizerKindInfo {
 };
 
 /// \brief The table of kinds, in the order of QuantizerKind.
-inline constexpr std::array<QuantizerKindInfo, 6> kQuantizerKinds = {{
+inline constexpr std::array<QuantizerKindInfo, 7> kQuantizerKinds = {{
     {QuantizerKind::PerTensor, "ptq", "PerTensorQuantizer", false, ColumnScales::Shared,
      "per tensor (PTQ): one grid for the whole gradient"},
     {QuantizerKind::PerSample, "psq", "PerSampleQuantizer", true, ColumnScales::Shared,
@@ -85,6 +87,8 @@ inline constexpr std::array<QuantizerKindInfo, 6> kQuantizerKinds = {{
      ColumnScales::Shared, "block Householder (BHQ): sample rows mixed, then one grid per row"},
     {QuantizerKind::Hadamard, "hadamard", "HadamardQuantizer", true, ColumnScales::Shared,
      "randomized Hadamard: blocks of sample rows mixed by H·diag(±1), then one grid per row"},
+    {QuantizerKind::Adaptive, "adaptive", "AdaptiveQuantizer", true, ColumnScales::Shared,
+     "adaptive: PSQ, BHQ or Hadamard, whichever has the least exact variance on the input"},
 }};
 
 namespace detail {
@@ -167,22 +171,43 @@ inline QuantizerKind parse_quantizer_kind(std::string_view name) {
 struct QuantizerSpec {
   QuantizerKind kind = QuantizerKind::PerSample;     ///< which quantizer
   int bits = 8;                                      ///< 1 ≤ bits ≤ 8·sizeof(Code)
-  Grid grid = Grid::ZeroAligned;                     ///< where its grid sits
+  Grid grid = Grid::Auto;                            ///< where its grid sits
   RoundingMode rounding = RoundingMode::Stochastic;  ///< Stochastic (unbiased) or Nearest
   Index channels = 1;  ///< PerChannel: the number of column blocks; 1 for the other kinds
+  /// Hadamard (and Adaptive's Hadamard candidate): the block size, a power of two in [1, 65536];
+  /// 0 for the quantizer's default (HadamardQuantizer::kDefaultBlockSize) and for other kinds
+  Index block_size = 0;
+  /// Adaptive, in the nn layers: re-decide the candidate every `every` backward passes of a
+  /// layer and reuse the decision in between (AnyQuantizer itself decides on every call); 0 for
+  /// the default, kDefaultEvery, and for the other kinds
+  Index every = 0;
+
+  /// \brief The default number of passes between two decisions of an adaptive quantizer in a
+  /// layer (chosen by measurement; see README, "The adaptive quantizer").
+  static constexpr Index kDefaultEvery = 8;
 
   /// \brief Throws std::invalid_argument naming `where`, the field and its value unless every
   /// field holds a valid value (bits are checked by the quantizer's constructor).
   void validate(const char* where) const {
     check(static_cast<std::size_t>(kind) < kQuantizerKinds.size(), where, "kind must be one of ",
           quantizer_kind_names(), ", got ", static_cast<long long>(kind));
-    check(grid == Grid::Free || grid == Grid::ZeroAligned, where,
-          "grid must be Free or ZeroAligned, got ", static_cast<long long>(grid));
+    check(is_grid(grid), where, "grid must be Free, ZeroAligned, Paper or Auto, got ",
+          static_cast<long long>(grid));
     check(rounding == RoundingMode::Stochastic || rounding == RoundingMode::Nearest, where,
           "rounding must be Stochastic or Nearest, got ", static_cast<long long>(rounding));
     check(kind == QuantizerKind::PerChannel ? channels >= 1 : channels == 1, where,
           "channels must be ", kind == QuantizerKind::PerChannel ? ">= 1" : "1 for ",
           kind == QuantizerKind::PerChannel ? "" : kind_info(kind).name, ", got ", channels);
+    const bool blocks = kind == QuantizerKind::Hadamard || kind == QuantizerKind::Adaptive;
+    check(blocks ? block_size == 0 || (block_size >= 1 && block_size <= (Index{1} << 16) &&
+                                       (block_size & (block_size - 1)) == 0)
+                 : block_size == 0,
+          where, "block_size must be ",
+          blocks ? "0 (the default) or a power of two in [1, 65536]" : "0 for ",
+          blocks ? "" : kind_info(kind).name, ", got ", block_size);
+    check(kind == QuantizerKind::Adaptive ? every >= 0 : every == 0, where, "every must be ",
+          kind == QuantizerKind::Adaptive ? ">= 0 (0: the default)" : "0 for ",
+          kind == QuantizerKind::Adaptive ? "" : kind_info(kind).name, ", got ", every);
   }
 };
 
@@ -196,7 +221,8 @@ class AnyQuantizer {
   using Row = std::tuple<
       PerTensorQuantizer<Scalar, Rounding, Code>, PerSampleQuantizer<Scalar, Rounding, Code>,
       PerColumnQuantizer<Scalar, Rounding, Code>, PerChannelQuantizer<Scalar, Rounding, Code>,
-      BlockHouseholderQuantizer<Scalar, Rounding, Code>, HadamardQuantizer<Scalar, Rounding, Code>>;
+      BlockHouseholderQuantizer<Scalar, Rounding, Code>, HadamardQuantizer<Scalar, Rounding, Code>,
+      AdaptiveQuantizer<Scalar, Rounding, Code>>;
   template <class Stochastic, class Nearest>
   struct Join;
   template <class... S, class... N>
@@ -267,8 +293,18 @@ class AnyQuantizer {
 
   template <class Q>
   static Q construct(const QuantizerSpec& spec) {
+    using S = typename Q::scalar_type;
+    using R = typename Q::rounding_type;
+    using C = typename Q::code_type;
+    const Index block =
+        spec.block_size > 0 ? spec.block_size : HadamardQuantizer<S>::kDefaultBlockSize;
     if constexpr (Q::granularity == Granularity::PerChannel) {
       return Q(spec.bits, spec.grid, spec.channels);
+    } else if constexpr (std::is_same_v<Q, HadamardQuantizer<S, R, C>>) {
+      return Q(spec.bits, spec.grid, block);
+    } else if constexpr (std::is_same_v<Q, AdaptiveQuantizer<S, R, C>>) {
+      return Q(spec.bits, spec.grid,
+               {Q::Kind::PerSample, Q::Kind::BlockHouseholder, Q::Kind::Hadamard}, block);
     } else {
       return Q(spec.bits, spec.grid);
     }

@@ -68,8 +68,7 @@ class HadamardQuantizer {
   /// \param bits 1 ≤ bits ≤ 8·sizeof(Code)
   /// \param grid the grid of each transformed row
   /// \param block_size b: a power of two in [1, 65536] (1 is PSQ)
-  explicit HadamardQuantizer(int bits, Grid grid = Grid::ZeroAligned,
-                             Index block_size = kDefaultBlockSize)
+  explicit HadamardQuantizer(int bits, Grid grid = Grid::Auto, Index block_size = kDefaultBlockSize)
       : row_quantizer_(check_bits(bits), grid), block_(block_size) {
     check(block_size >= 1 && block_size <= kMaxBlockSize && (block_size & (block_size - 1)) == 0,
           name(), "block_size must be a power of two in [1, ", kMaxBlockSize, "], got ",
@@ -267,7 +266,8 @@ class HadamardQuantizer {
   AffineMap<Scalar> map_of(const Matrix<Scalar>& tx, Index r) const {
     Scalar lo, hi;
     detail::min_max(tx.row(r).data(), tx.cols(), lo, hi);
-    return detail::choose_grid(lo, hi, max_code(), grid(), name());
+    return detail::choose_grid_for(tx.row(r).data(), tx.cols(), lo, hi, max_code(),
+                                   detail::row_grid(grid()), name());
   }
 
   // The fused pass, block by block: T_g·x into a block workspace (L2-resident), each row's grid
@@ -288,7 +288,8 @@ class HadamardQuantizer {
         const Index r = first + j;
         Scalar lo, hi;
         if (!detail::min_max(work.row(j).data(), d, lo, hi)) throw_overflow(x, t, g);
-        const auto map = detail::choose_grid(lo, hi, max_code(), grid(), name());
+        const auto map = detail::choose_grid_for(work.row(j).data(), d, lo, hi, max_code(),
+                                                 detail::row_grid(grid()), name());
         if (scale) {
           (*scale)(r) = map.scale;
           (*zero_point)(r) = map.zero_point;

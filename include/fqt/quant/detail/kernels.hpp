@@ -49,6 +49,26 @@ inline bool min_max(const Scalar* x, Index n, Scalar& lo, Scalar& hi) {
 }
 FQT_SIMD_DIAGNOSTICS_POP
 
+/// \brief Adds Σ_j f(1 − f) over x[0, n) to sum_a and to sum_b, f the fractional part of
+/// y = x·inv + z under two affine maps (inv_a, z_a) and (inv_b, z_b): the rounding variance of
+/// the elements in units of Δ², for comparing two grids (Grid::Auto). No random numbers; Eigen's
+/// packets vectorize it, with float partial sums over blocks of 1024 added in double.
+template <class Scalar>
+inline void add_fraction_variances(const Scalar* x, Index n, Scalar inv_a, Scalar z_a, Scalar inv_b,
+                                   Scalar z_b, double& sum_a, double& sum_b) {
+  using Array = Eigen::Array<Scalar, Eigen::Dynamic, 1>;
+  constexpr Index kBlock = 1024;
+  for (Index j = 0; j < n; j += kBlock) {
+    const Eigen::Map<const Array> v(x + j, std::min(kBlock, n - j));
+    const auto ya = v * inv_a + z_a;
+    const auto yb = v * inv_b + z_b;
+    const auto fa = ya - ya.floor();
+    const auto fb = yb - yb.floor();
+    sum_a += static_cast<double>((fa - fa.square()).sum());
+    sum_b += static_cast<double>((fb - fb.square()).sum());
+  }
+}
+
 FQT_SIMD_DIAGNOSTICS_PUSH
 /// \brief y[j] = fma(a, x[j], y[j]) for j in [0, n).
 template <class Scalar>
