@@ -186,13 +186,13 @@ TEST_CASE("linear_forward and linear_backward work on Eigen::Map-ped foreign buf
             ((cache.input.values() * cache.weight.values().transpose()).array() + 0.5f).matrix()) <
         1e-6);
   // The gradients, recomputed with the policy's quantizers on the same streams: grad-input is
-  // BHQ 8-bit, grad-weight PTQ 8-bit, both stochastic on the zero-aligned grid.
+  // BHQ 8-bit, grad-weight PTQ 8-bit, both stochastic on the automatic grid (the default).
   const Eigen::Map<const fqt::Matrix<float>> g(dy.data(), 8, 4);
   const auto streams = fqt::nn::gradient_streams(fqt::Philox(42), step, layer);
   const fqt::Matrix<float> g_input = fqt::BlockHouseholderQuantizer<float, fqt::Stochastic>(
-      8, fqt::Grid::ZeroAligned)(g, streams.grad_input);
-  const fqt::Matrix<float> g_weight = fqt::PerTensorQuantizer<float, fqt::Stochastic>(
-      8, fqt::Grid::ZeroAligned)(g, streams.grad_weight);
+      8, fqt::Grid::Auto)(g, streams.grad_input);
+  const fqt::Matrix<float> g_weight =
+      fqt::PerTensorQuantizer<float, fqt::Stochastic>(8, fqt::Grid::Auto)(g, streams.grad_weight);
   REQUIRE(g_input != g);  // the quantizers did change the gradient
   REQUIRE(g_weight != g);
   CHECK(nn_test::relative_error(MatrixMap(dx.data(), 8, 16), g_input * cache.weight.values()) <

@@ -6,7 +6,7 @@
 namespace nn = fqt::nn;
 using Catch::Matchers::Contains;
 
-TEST_CASE("The default policy is the paper's recipe with zero-aligned gradient grids",
+TEST_CASE("The default policy is the paper's recipe with automatic gradient grids",
           "[nn][policy]") {
   const nn::QuantPolicy p;
   CHECK(p.mode == nn::Mode::FQT);
@@ -14,7 +14,7 @@ TEST_CASE("The default policy is the paper's recipe with zero-aligned gradient g
   CHECK(p.weight_bits == 8);
   for (const fqt::QuantizerSpec& spec : {p.grad_input, p.grad_weight}) {
     CHECK(spec.bits == 8);
-    CHECK(spec.grid == fqt::Grid::ZeroAligned);
+    CHECK(spec.grid == fqt::Grid::Auto);
     CHECK(spec.rounding == fqt::RoundingMode::Stochastic);
     CHECK(spec.channels == 1);
   }

@@ -3,11 +3,13 @@
 #include "fqt/nn/product.hpp"
 
 #include <catch2/catch.hpp>
+#include <limits>
 #include <memory>
 #include <string>
 
 #include "fqt/nn/functional.hpp"
 #include "support/nn_gradcheck.hpp"
+#include "support/quant_support.hpp"
 
 using fqt::Index;
 using fqt::Matrix;
@@ -210,4 +212,44 @@ TEST_CASE("NaN in grad_output is found by the quantizer's range scan and named b
     CHECK(dw == Matrix<float>::Zero(2, 3));
     CHECK(db == Vector<float>::Zero(2));
   }
+}
+
+TEST_CASE("A store decides an adaptive quantizer's candidate every `every` calls",
+          "[nn][product][adaptive]") {
+  // One row: BHQ and Hadamard fall back to PSQ and the tie goes to PSQ (candidate 0);
+  // heavy-tailed rows: a mixing candidate wins.
+  const Matrix<float> one_row = fqt_test::heavy_tailed<float>(1, 64, 3);
+  const Matrix<float> heavy = fqt_test::heavy_tailed<float>(32, 64, 3);
+  const fqt::AdaptiveQuantizer<float> adaptive(4);
+  const Index heavy_choice = adaptive.choose(heavy, Philox(1, 2));
+  REQUIRE(adaptive.choose(one_row, Philox(1, 1)) == 0);
+  REQUIRE(heavy_choice != 0);
+  fqt::QuantizerSpec spec{fqt::QuantizerKind::Adaptive, 4};
+  spec.every = 2;
+  nn::OperandStore<float> store;
+  REQUIRE(store.adaptive_choice() == -1);
+  store.quantize(spec, one_row, Philox(1, 1), true);
+  REQUIRE(store.adaptive_choice() == 0);
+  // The second call reuses the decision: PSQ codes of the heavy rows.
+  store.quantize(spec, heavy, Philox(1, 2), true);
+  REQUIRE(store.adaptive_choice() == 0);
+  REQUIRE(store.codes().codes ==
+          fqt::PerSampleQuantizer<float>(4).quantize(heavy, Philox(1, 2)).codes);
+  REQUIRE_FALSE(store.codes().transform);
+  // The third decides again.
+  store.quantize(spec, heavy, Philox(1, 2), true);
+  REQUIRE(store.adaptive_choice() == heavy_choice);
+  REQUIRE(store.codes().codes == adaptive.quantize(heavy, Philox(1, 2)).codes);
+  // A new spec decides at once.
+  store.quantize(spec, one_row, Philox(1, 1), false);
+  REQUIRE(store.adaptive_choice() == heavy_choice);
+  spec.bits = 5;
+  store.quantize(spec, one_row, Philox(1, 1), false);
+  REQUIRE(store.adaptive_choice() == 0);
+  // A throw leaves the decision as it was.
+  Matrix<float> bad = heavy;
+  bad(3, 3) = std::numeric_limits<float>::infinity();
+  spec.every = 1;
+  REQUIRE_THROWS_AS(store.quantize(spec, bad, Philox(1, 2), true), std::domain_error);
+  REQUIRE(store.adaptive_choice() == 0);
 }

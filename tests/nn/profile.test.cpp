@@ -222,8 +222,7 @@ TEST_CASE("The profiler's variance and its standard error agree with the exact v
   const Matrix<double> x_hat =
       fqt::PerTensorQuantizer<double, fqt::Nearest>(8, fqt::Grid::Free)(hidden.value());
   const Matrix<double> element =
-      fqt::PerTensorQuantizer<double, fqt::Stochastic>(bits, fqt::Grid::ZeroAligned)
-          .element_variance(g);
+      fqt::PerTensorQuantizer<double, fqt::Stochastic>(bits, fqt::Grid::Auto).element_variance(g);
   const double exact =
       (element.rowwise().sum().array() * x_hat.rowwise().squaredNorm().array()).sum();
 
@@ -239,6 +238,38 @@ TEST_CASE("The profiler's variance and its standard error agree with the exact v
   CHECK(t.quantization_variance_standard_error > 0.005 * exact);
   CHECK(t.quantization_variance_standard_error < 0.2 * exact);
   CHECK(t.squared_errors.size() == 400);
+}
+
+TEST_CASE("The quantization variance splits by path into grad-input and grad-weight shares",
+          "[stats][profile][statistical]") {
+  auto model = conv_linear_model();
+  const auto batch = random_batch(12);
+  const auto policy = fqt_policy(fqt::QuantizerKind::PerSample, 3);
+  auto o = options(300, 29);
+  o.split_by_path = true;
+  const auto p = nn::profile_gradients(model, batch, {}, policy, o);
+  const auto plain = nn::profile_gradients(model, batch, {}, policy, options(300, 29));
+  // The split leaves the joint estimate as it was.
+  CHECK(p.quantization_variance() == plain.quantization_variance());
+  for (const auto& t : p.tensors) {
+    CAPTURE(t.name, t.quantization_variance, t.grad_input_variance, t.grad_weight_variance);
+    REQUIRE(std::isfinite(t.grad_input_variance));
+    REQUIRE(std::isfinite(t.grad_weight_variance));
+    // Independent noises through a linear backward pass: the variances add. The three estimates
+    // come from independent passes, so their Monte-Carlo errors add in quadrature.
+    const double se = std::sqrt(std::pow(t.quantization_variance_standard_error, 2) +
+                                std::pow(t.grad_input_variance_standard_error, 2) +
+                                std::pow(t.grad_weight_variance_standard_error, 2));
+    CHECK(std::abs(t.grad_input_variance + t.grad_weight_variance - t.quantization_variance) <=
+          6 * se);
+  }
+  // The last layer's weight gradient Q_b2(G)ᵀ·X̂ sees no grad-input quantizer at all; the first
+  // layer's sees both.
+  CHECK(p["5.weight"].grad_input_variance == 0);
+  CHECK(p["5.weight"].grad_weight_variance > 0);
+  CHECK(p["0.weight"].grad_input_variance > 0);
+  CHECK(p["0.weight"].grad_weight_variance > 0);
+  CHECK(std::isnan(plain["0.weight"].grad_input_variance));
 }
 
 TEST_CASE("Theorem 2: BHQ < PSQ < PTQ at 4 bits when a few samples have large losses",

@@ -37,6 +37,9 @@ struct Context {
   /// When false, layers whose policy says FQT run as QAT: the same forward pass with
   /// full-precision gradients (the reference of Theorem 1; see nn/profile.hpp).
   bool quantize_gradients = true;
+  /// Which backward quantizers FQT layers run: GradientPaths::Both, or one alone (overrides the
+  /// policies' quantized_paths when not Both; see nn/profile.hpp's split by path).
+  GradientPaths gradient_paths = GradientPaths::Both;
 };
 
 /// \brief A named trainable tensor of a model.
@@ -78,10 +81,12 @@ class Module {
     return policy_ ? *policy_ : model;
   }
   /// \brief The policy this layer runs with in `context`: the override if set, else the model's
-  /// policy; FQT becomes QAT when context.quantize_gradients is false.
+  /// policy; FQT becomes QAT when context.quantize_gradients is false, and runs one backward
+  /// quantizer alone when context.gradient_paths says so.
   QuantPolicy resolve_policy(const Context& context) const {
     QuantPolicy p = effective_policy(context.policy);
     if (!context.quantize_gradients && p.mode == Mode::FQT) p.mode = Mode::QAT;
+    if (context.gradient_paths != GradientPaths::Both) p.quantized_paths = context.gradient_paths;
     return p;
   }
 

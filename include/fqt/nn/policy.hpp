@@ -42,12 +42,20 @@ inline bool is_enumerator(Mode m) {
 }
 }  // namespace detail
 
+/// \brief Which of the two backward quantizers run in Mode::FQT.
+enum class GradientPaths {
+  Both,       ///< Q_b1 on the grad-input path and Q_b2 on the grad-weight path (FQT)
+  GradInput,  ///< Q_b1 only; the grad-weight product takes G itself
+  GradWeight  ///< Q_b2 only; the grad-input product takes G itself
+};
+
 /// \brief The quantization recipe of a layer or a whole model.
 ///
-/// Defaults are the paper's released recipe with fqt's zero-aligned gradient grid: activations 8
+/// Defaults are the paper's released recipe with fqt's automatic gradient grid: activations 8
 /// bits (per tensor, round to nearest, free grid), weights 8 bits (per tensor, nearest, zero on
-/// the grid), grad-input BHQ at 8 bits, grad-weight PTQ at 8 bits, stochastic rounding.
-/// A Free `grid` in both gradient specs reproduces the paper's PSQ/BHQ rows exactly. Every bit
+/// the grid), grad-input BHQ at 8 bits, grad-weight PTQ at 8 bits, stochastic rounding, both
+/// gradient quantizers on Grid::Auto. Grid::Paper in both gradient specs is the paper's released
+/// configuration exactly. Every bit
 /// width is in [1, 8]. A model has one policy; a layer may override it (see Module::set_policy).
 struct QuantPolicy {
   Mode mode = Mode::FQT;    ///< Exact, QAT or FQT
@@ -62,6 +70,9 @@ struct QuantPolicy {
   QuantizerSpec grad_weight{QuantizerKind::PerTensor, 8};
   /// Who computes the products (see fqt/nn/backend.hpp); null means the simulated backend.
   std::shared_ptr<const Backend> backend;
+  /// Which backward quantizers run in Mode::FQT: both, or one alone, which isolates its share of
+  /// the gradient variance (nn::profile_gradients' split by path)
+  GradientPaths quantized_paths = GradientPaths::Both;
 
   /// \brief A policy with the given mode and default knobs.
   static QuantPolicy with_mode(Mode m) {
@@ -92,6 +103,14 @@ struct QuantPolicy {
   bool quantizes_forward() const { return mode != Mode::Exact; }
   /// \brief True when the backward pass quantizes the output gradient (FQT).
   bool quantizes_backward() const { return mode == Mode::FQT; }
+  /// \brief True when Q_b1 runs (FQT, and the grad-input path is quantized).
+  bool quantizes_grad_input() const {
+    return quantizes_backward() && quantized_paths != GradientPaths::GradWeight;
+  }
+  /// \brief True when Q_b2 runs (FQT, and the grad-weight path is quantized).
+  bool quantizes_grad_weight() const {
+    return quantizes_backward() && quantized_paths != GradientPaths::GradInput;
+  }
 
   /// \brief Throws std::invalid_argument naming `where`, the offending knob and its value unless
   /// the mode is one of its enumerators (a value cast from an integer may not be), every bit
@@ -101,6 +120,10 @@ struct QuantPolicy {
   void validate(const char* where) const {
     check(detail::is_enumerator(mode), where, "mode must be Exact, QAT or FQT, got ",
           static_cast<long long>(mode));
+    check(quantized_paths == GradientPaths::Both || quantized_paths == GradientPaths::GradInput ||
+              quantized_paths == GradientPaths::GradWeight,
+          where, "quantized_paths must be Both, GradInput or GradWeight, got ",
+          static_cast<long long>(quantized_paths));
     auto in_range = [](int b) { return b >= 1 && b <= 8; };
     check(in_range(activation_bits), where, "activation_bits must be in [1, 8], got ",
           activation_bits);
@@ -158,14 +181,8 @@ inline Mode parse_mode(std::string_view name) {
   return Mode::Exact;
 }
 
-/// \brief Parses "zero" (zero aligned) or "free" (any case); throws std::invalid_argument.
-inline Grid parse_grid(std::string_view name) {
-  const std::string s = detail::lower(name);
-  if (s == "zero" || s == "zeroaligned") return Grid::ZeroAligned;
-  if (s == "free") return Grid::Free;
-  check(false, "nn::parse_grid", "unknown grid '", name, "' (expected zero or free)");
-  return Grid::ZeroAligned;
-}
+/// \brief fqt::parse_grid, for the command-line parsers beside parse_mode.
+using fqt::parse_grid;
 
 /// \brief "exact", "qat" or "fqt".
 inline const char* to_string(Mode m) {

@@ -7,6 +7,7 @@
 
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 
 #include "fqt/core/error.hpp"
 #include "fqt/core/matrix.hpp"
@@ -29,19 +30,43 @@ class OperandStore {
   /// when `as_codes`, as values otherwise.
   /// \throws what the quantizer throws (std::domain_error on NaN/Inf or an overflowing range); the
   ///         store is then empty
+  ///
+  /// An adaptive quantizer (QuantizerKind::Adaptive) decides its candidate on the first call and
+  /// then every `spec.every` calls of this store (QuantizerSpec::kDefaultEvery for 0), and reuses
+  /// the decision in between (the store's calls are the layer's backward passes); a change of spec
+  /// decides afresh.
   void quantize(const QuantizerSpec& spec, const MatrixCRef<Scalar>& x, const Philox& rng,
                 bool as_codes) {
     filled_ = false;
     const AnyQuantizer<Scalar, Code> quantizer(spec);
-    if (as_codes) {
-      quantizer.quantize(x, rng, codes_);
-    } else {
-      detail::ensure_shape(values_, x.rows(), x.cols());
-      quantizer.fake_quantize(x, rng, values_);
-    }
+    quantizer.visit([&](const auto& q) {
+      using Q = std::decay_t<decltype(q)>;
+      if constexpr (is_adaptive_quantizer_v<Q>) {
+        const Index every = spec.every > 0 ? spec.every : QuantizerSpec::kDefaultEvery;
+        const bool decide = choice_ < 0 || calls_ % every == 0 || !same(spec, decided_for_);
+        const Index c = decide ? q.choose(x, rng) : choice_;
+        if (as_codes) {
+          q.quantize_with(c, x, rng, codes_);
+        } else {
+          detail::ensure_shape(values_, x.rows(), x.cols());
+          q.fake_quantize_with(c, x, rng, values_);
+        }
+        if (decide) choice_ = c, decided_for_ = spec, calls_ = 0;
+        ++calls_;
+      } else if (as_codes) {
+        q.quantize(x, rng, codes_);
+      } else {
+        detail::ensure_shape(values_, x.rows(), x.cols());
+        q.fake_quantize(x, rng, values_);
+      }
+    });
     coded_ = as_codes;
     filled_ = true;
   }
+
+  /// \brief The candidate an adaptive quantizer last used in this store (an index into its
+  /// candidates: PSQ, BHQ, Hadamard by default), −1 before any adaptive call.
+  Index adaptive_choice() const { return choice_; }
   /// \brief Stores x itself.
   void assign(const MatrixCRef<Scalar>& x) {
     detail::ensure_shape(values_, x.rows(), x.cols());
@@ -69,10 +94,20 @@ class OperandStore {
   }
 
  private:
+  static bool same(const QuantizerSpec& a, const QuantizerSpec& b) {
+    return a.kind == b.kind && a.bits == b.bits && a.grid == b.grid && a.rounding == b.rounding &&
+           a.block_size == b.block_size && a.every == b.every;
+  }
+
   Quantized<Scalar, Code> codes_;
   Matrix<Scalar> values_;
   bool coded_ = false;
   bool filled_ = false;
+  // The adaptive quantizer's decision: its candidate, the spec it was made for, and the calls
+  // since.
+  Index choice_ = -1;
+  QuantizerSpec decided_for_;
+  Index calls_ = 0;
 };
 
 namespace detail {
@@ -125,20 +160,21 @@ GradientOperands<Scalar> gradient_operands(const QuantPolicy& policy, const Matr
                                            OperandStore<Scalar>& for_input,
                                            OperandStore<Scalar>& for_weight, const char* where) {
   GradientOperands<Scalar> ops{Operand<Scalar>::values(g), Operand<Scalar>::values(g)};
-  const bool quantize = policy.quantizes_backward() && (want_input || want_weight);
-  if (!quantize) {
+  const bool input = want_input && policy.quantizes_grad_input();
+  const bool weight = want_weight && policy.quantizes_grad_weight();
+  if (!input && !weight) {
     detail::check_finite(g, where, "grad_output");
     return ops;
   }
   const bool codes = policy.product_backend().multiplies_codes();
   detail::naming_argument(where, "grad_output", [&] {
-    if (want_input) for_input.quantize(policy.grad_input, g, streams.grad_input, codes);
-    if (want_weight) {
+    if (input) for_input.quantize(policy.grad_input, g, streams.grad_input, codes);
+    if (weight) {
       for_weight.quantize(policy.grad_weight_spec(channels), g, streams.grad_weight, codes);
     }
   });
-  if (want_input) ops.grad_input = for_input.operand();
-  if (want_weight) ops.grad_weight = for_weight.operand();
+  if (input) ops.grad_input = for_input.operand();
+  if (weight) ops.grad_weight = for_weight.operand();
   return ops;
 }
 

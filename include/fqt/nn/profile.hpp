@@ -49,6 +49,9 @@ struct ProfileOptions {
   double label_smoothing = 0;  ///< of the softmax cross-entropy loss
   Philox rng{0};               ///< pass k draws its noise from rng.substream(k)
   std::uint64_t step = 0;      ///< the step index given to the layers' streams
+  /// Also split the quantization variance by path: K more passes with only the grad-input
+  /// quantizer Q_b1, and K with only the grad-weight quantizer Q_b2 (3·K FQT passes in all)
+  bool split_by_path = false;
 };
 
 namespace detail {
@@ -96,6 +99,14 @@ struct TensorProfile {
   /// sample variance of the e_k and V the quantization variance (see
   /// detail::variance_standard_error).
   double quantization_variance_standard_error = 0;
+  /// With ProfileOptions::split_by_path: the quantization variance with only Q_b1 (grad-input
+  /// path) quantized, and with only Q_b2 (grad-weight path). The two noises are independent and
+  /// the backward pass is linear in them, so they add up to quantization_variance up to Monte
+  /// Carlo error. NaN without the split.
+  double grad_input_variance = std::numeric_limits<double>::quiet_NaN();
+  double grad_weight_variance = std::numeric_limits<double>::quiet_NaN();  ///< see above
+  double grad_input_variance_standard_error = 0;   ///< Monte-Carlo standard error of the above
+  double grad_weight_variance_standard_error = 0;  ///< Monte-Carlo standard error of the above
 
   /// \brief quantization_variance / sampling_variance (∞ when the latter is 0).
   double variance_ratio() const {
@@ -130,6 +141,19 @@ struct GradientProfile {
         total[k] += t.squared_errors[k];
     }
     return detail::variance_standard_error(total, quantization_variance());
+  }
+  /// \brief Σ over tensors of the grad-input path's quantization variance (NaN without the
+  /// split).
+  double grad_input_variance() const {
+    double v = 0;
+    for (const auto& t : tensors) v += t.grad_input_variance;
+    return v;
+  }
+  /// \brief Σ over tensors of the grad-weight path's quantization variance (NaN without it).
+  double grad_weight_variance() const {
+    double v = 0;
+    for (const auto& t : tensors) v += t.grad_weight_variance;
+    return v;
   }
   /// \brief Σ over tensors of the sampling variance.
   double sampling_variance() const {
@@ -322,6 +346,25 @@ GradientProfile profile_gradients(Module<Scalar>& model, const Batch<Scalar>& ba
   detail::accumulate_fqt_passes(model, params, batch, options, context, profile.tensors);
   const double k_count = static_cast<double>(options.fqt_passes);
   for (auto& t : profile.tensors) detail::finish_tensor_profile(t, k_count);
+  if (options.split_by_path) {
+    for (const GradientPaths path : {GradientPaths::GradInput, GradientPaths::GradWeight}) {
+      std::vector<TensorProfile> part(params.size());
+      detail::start_tensor_profiles(part, params, qat, options.fqt_passes);
+      ProfileOptions part_options = options;
+      part_options.rng = options.rng.substream(static_cast<std::uint64_t>(path) + 1, 0x70617468);
+      context.gradient_paths = path;
+      detail::accumulate_fqt_passes(model, params, batch, part_options, context, part);
+      for (std::size_t i = 0; i < part.size(); ++i) {
+        detail::finish_tensor_profile(part[i], k_count);
+        TensorProfile& t = profile.tensors[i];
+        const bool input = path == GradientPaths::GradInput;
+        (input ? t.grad_input_variance : t.grad_weight_variance) = part[i].quantization_variance;
+        (input ? t.grad_input_variance_standard_error : t.grad_weight_variance_standard_error) =
+            part[i].quantization_variance_standard_error;
+      }
+    }
+    context.gradient_paths = GradientPaths::Both;
+  }
 
   if (sampling_batches.size() >= 2) {
     context.quantize_gradients = false;
