@@ -372,23 +372,30 @@ TEST_CASE("Bad training options are refused naming the option", "[train][errors]
   c.bits = {8, 0};
   CHECK_THROWS_WITH(c.validate(), Contains("bits must be in [1, 8], got 0"));
   c = fqt_train::CompareOptions{};
-  c.quantizers = {fqt::QuantizerKind::PerColumn};
+  c.series = {{fqt::QuantizerKind::PerColumn, fqt::Grid::Auto}};
   CHECK_THROWS_WITH(c.validate(), Contains("quantizer 'column' is no grad-input quantizer") &&
-                                      Contains("(expected ptq, psq, bhq, hadamard)"));
+                                      Contains("(expected ptq, psq, bhq, hadamard, adaptive)"));
+  c.series = {{fqt::QuantizerKind::PerSample, static_cast<fqt::Grid>(7)}};
+  CHECK_THROWS_WITH(c.validate(), Contains("grid 7 is no grid"));
 }
 
 TEST_CASE("The trainer's quantizer lists come from the catalogue's table", "[train][quantizers]") {
   // The names fqt_train accepts and compares by default: the grad-input kinds, and for
   // --grad-weight the kinds the paper's pairing gives them.
   CHECK(fqt_examples::grad_input_quantizer_names() ==
-        std::vector<std::string>{"ptq", "psq", "bhq", "hadamard"});
+        std::vector<std::string>{"ptq", "psq", "bhq", "hadamard", "adaptive"});
   CHECK(fqt_examples::kind_names(fqt_examples::paired_grad_weight_kinds()) ==
         std::vector<std::string>{"ptq", "column"});
-  // The comparison runs the paper's three by default: the main job's grid does not grow with the
+  // The comparison runs the paper's three in its released configuration, then fqt's default (the
+  // adaptive quantizer on the auto grid) and Hadamard: the main job's grid does not grow with the
   // table.
-  CHECK(fqt_examples::kind_names(fqt_train::CompareOptions{}.quantizers) ==
-        std::vector<std::string>{"ptq", "psq", "bhq"});
-  CHECK(fqt_train::CompareOptions{}.quantizers == fqt_examples::paper_grad_input_kinds());
+  std::vector<std::string> series;
+  for (const auto& [q, grid] : fqt_train::CompareOptions{}.series)
+    series.push_back(std::string(fqt_examples::kind_name(q)) + "/" + fqt_examples::grid_name(grid));
+  CHECK(series == std::vector<std::string>{"ptq/paper", "psq/paper", "bhq/paper", "adaptive/auto",
+                                           "hadamard/auto"});
+  CHECK(fqt_examples::cross_series(fqt_examples::paper_grad_input_kinds(), {fqt::Grid::Free})
+            .size() == 3);
   for (const auto k : fqt_examples::grad_input_kinds()) {
     CAPTURE(fqt::kind_info(k).name);
     const auto paired = fqt_examples::paired_grad_weight(k);
@@ -424,8 +431,8 @@ TEST_CASE("The comparison runs end to end and writes a well-formed CSV", "[train
   options.train = fast_options(nn::Mode::FQT);
   options.train.epochs = 1;
   options.bits = {4, 2};
-  options.quantizers = {fqt::QuantizerKind::PerTensor, fqt::QuantizerKind::BlockHouseholder};
-  options.grids = {fqt::Grid::ZeroAligned};
+  options.series = {{fqt::QuantizerKind::PerTensor, fqt::Grid::ZeroAligned},
+                    {fqt::QuantizerKind::BlockHouseholder, fqt::Grid::ZeroAligned}};
   options.variance.fqt_passes = 3;
   options.variance.sampling_batches = 3;
   options.workers = 2;

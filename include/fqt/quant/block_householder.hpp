@@ -177,15 +177,7 @@ class BlockHouseholderQuantizer {
   /// (nothing when no group is left mixed).
   std::optional<BlockHouseholderTransform<Scalar>> transform_for(
       const MatrixCRef<Scalar>& x) const {
-    if (x.rows() == 0 || x.cols() == 0) return std::nullopt;
-    Vector<Scalar> range(x.rows()), offset(x.rows());
-    parallel_for(x.rows(), x.cols(), [&](Index i) {
-      Scalar lo, hi;
-      detail::row_range<Scalar>(x, i, lo, hi, name());
-      range(i) = hi - lo;
-      offset(i) = lo <= 0 && hi >= 0 ? Scalar(0) : lo + range(i) / 2;
-    });
-    auto t = detail::bhq_transform(range, std::move(offset));
+    auto t = full_transform(x);
     if (t && mixing_ == BhqMixing::WhereItHelps) t = mixed_where_it_helps(x, *t);
     return t;
   }
@@ -228,6 +220,16 @@ class BlockHouseholderQuantizer {
 
   /// \brief Exact E‖Q(x) − x‖²_F = Σ_r ‖T⁻¹e_r‖²·Σ_j Δ_r²·p_rj(1 − p_rj) (0 for Nearest).
   Scalar expected_variance(const MatrixCRef<Scalar>& x) const {
+    if constexpr (Rounding::is_stochastic) {
+      // The selection pass has every group's variance, mixed or not: no second transform.
+      if (mixing_ == BhqMixing::WhereItHelps && x.rows() > 0 && x.cols() > 0) {
+        auto t = full_transform(x);
+        if (!t) return row_quantizer_.expected_variance(x);
+        double total = 0;
+        mixed_where_it_helps(x, *t, &total);
+        return detail::checked_variance<Scalar>(total, name());
+      }
+    }
     return sum_over_transformed_rows(
         x, [&](const MatrixCRef<Scalar>& tx, Index r, const AffineMap<Scalar>& m) {
           if constexpr (!Rounding::is_stochastic) {
@@ -377,17 +379,42 @@ class BlockHouseholderQuantizer {
     }
   }
 
+  // The paper's transform for x, every group mixed (nothing: fall back to PSQ).
+  std::optional<BlockHouseholderTransform<Scalar>> full_transform(
+      const MatrixCRef<Scalar>& x) const {
+    if (x.rows() == 0 || x.cols() == 0) return std::nullopt;
+    Vector<Scalar> range(x.rows()), offset(x.rows());
+    parallel_for(x.rows(), x.cols(), [&](Index i) {
+      Scalar lo, hi;
+      detail::row_range<Scalar>(x, i, lo, hi, name());
+      range(i) = hi - lo;
+      offset(i) = lo <= 0 && hi >= 0 ? Scalar(0) : lo + range(i) / 2;
+    });
+    return detail::bhq_transform(range, std::move(offset));
+  }
+
   // BhqMixing::WhereItHelps: t with every group whose transformed rows have a larger variance
-  // than its own rows per sample split into unmixed singletons (s = 1, c = 0).
+  // than its own rows per sample split into unmixed singletons (s = 1, c = 0). With `variance`,
+  // also the exact variance of the result, Σ_g min(mixed_g, plain_g).
   std::optional<BlockHouseholderTransform<Scalar>> mixed_where_it_helps(
-      const MatrixCRef<Scalar>& x, const BlockHouseholderTransform<Scalar>& t) const {
+      const MatrixCRef<Scalar>& x, const BlockHouseholderTransform<Scalar>& t,
+      double* variance = nullptr) const {
     const Index d = x.cols(), stride = x.outerStride();
     const Vector<double> c = t.inverse_column_norms();
     std::vector<char> keep(static_cast<std::size_t>(t.groups()), 0);
+    std::vector<double> group_variance(static_cast<std::size_t>(t.groups()), 0.0);
     parallel_for(t.groups(), 2 * d, [&](Index g) {
       const Index m = t.group_size(g);
-      if (m < 2 && t.row_scale()(t.member(g, 0)) == 1 && t.row_offset()(t.member(g, 0)) == 0)
-        return;  // already a PSQ row
+      if (m < 2 && t.row_scale()(t.member(g, 0)) == 1 && t.row_offset()(t.member(g, 0)) == 0) {
+        // Already a PSQ row.
+        if (variance) {
+          const Index r = t.member(g, 0);
+          Scalar lo, hi;
+          detail::row_range<Scalar>(x, r, lo, hi, name());
+          group_variance[static_cast<std::size_t>(g)] = row_variance_of(x.row(r).data(), d, lo, hi);
+        }
+        return;
+      }
       thread_local Eigen::Matrix<Scalar, 1, Eigen::Dynamic> w, row;
       w.resize(d);
       row.resize(d);
@@ -403,7 +430,12 @@ class BlockHouseholderQuantizer {
         plain += row_variance_of(x.row(r).data(), d, lo, hi);
       }
       keep[static_cast<std::size_t>(g)] = mixed < plain;
+      group_variance[static_cast<std::size_t>(g)] = std::min(mixed, plain);
     });
+    if (variance) {
+      *variance = 0;
+      for (const double v : group_variance) *variance += v;
+    }
     std::vector<Index> order, offsets{0};
     Vector<Scalar> scale = t.row_scale(), offset = t.row_offset();
     bool any = false;

@@ -195,6 +195,57 @@ inline void quantize_row(const Scalar* x, Index n, std::uint64_t k0, const Affin
   }
 }
 
+/// \brief Σ_j p_j(1 − p_j) over x[0, n) under one map (inv, z): the rounding variance in units of
+/// Δ², p_j the exact probability that stochastic rounding rounds y_j = fma(x_j, inv, z) up
+/// (0 at the clamped ends of the grid [0, B]). AVX-512 for float, with the same IEEE operations as
+/// the portable loop for y; the sum is accumulated in double (in a different order on the two
+/// paths, so the two agree to rounding, not bit for bit).
+template <class Scalar>
+inline double row_rounding_sum(const Scalar* x, Index n, Scalar inv, Scalar z, Scalar b) {
+  Index j = 0;
+  double total = 0;
+#if FQT_HAVE_AVX512
+  if constexpr (std::is_same_v<Scalar, float>) {
+    FQT_SIMD_DIAGNOSTICS_PUSH
+    const __m512 vinv = _mm512_set1_ps(inv), vz = _mm512_set1_ps(z), vb = _mm512_set1_ps(b);
+    const __m512 zero = _mm512_setzero_ps();
+    const __m512d scale = _mm512_set1_pd(65536.0), half = _mm512_set1_pd(0.5);
+    const __m512d lo = _mm512_setzero_pd(), hi = _mm512_set1_pd(65536.0);
+    const __m512d unit = _mm512_set1_pd(1.0 / 65536.0);
+    __m512d acc0 = _mm512_setzero_pd(), acc1 = _mm512_setzero_pd();
+    for (; j + 16 <= n; j += 16) {
+      const __m512 y = _mm512_fmadd_ps(_mm512_loadu_ps(x + j), vinv, vz);
+      const __m512 f =
+          _mm512_sub_ps(y, _mm512_roundscale_ps(y, _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC));
+      const __mmask16 inside =
+          _mm512_cmp_ps_mask(y, zero, _CMP_GT_OQ) & _mm512_cmp_ps_mask(y, vb, _CMP_LT_OQ);
+      const __m512d f0 = _mm512_cvtps_pd(_mm512_castps512_ps256(f));
+      const __m512d f1 =
+          _mm512_cvtps_pd(_mm256_castpd_ps(_mm512_extractf64x4_pd(_mm512_castps_pd(f), 1)));
+      auto probability = [&](__m512d fr) {
+        const __m512d c = _mm512_roundscale_pd(_mm512_fmsub_pd(fr, scale, half),
+                                               _MM_FROUND_TO_POS_INF | _MM_FROUND_NO_EXC);
+        return _mm512_mul_pd(_mm512_min_pd(_mm512_max_pd(c, lo), hi), unit);
+      };
+      const __m512d p0 = probability(f0), p1 = probability(f1);
+      acc0 = _mm512_mask_add_pd(acc0, static_cast<__mmask8>(inside), acc0,
+                                _mm512_fnmadd_pd(p0, p0, p0));
+      acc1 = _mm512_mask_add_pd(acc1, static_cast<__mmask8>(inside >> 8), acc1,
+                                _mm512_fnmadd_pd(p1, p1, p1));
+    }
+    total = _mm512_reduce_add_pd(_mm512_add_pd(acc0, acc1));
+    FQT_SIMD_DIAGNOSTICS_POP
+  }
+#endif
+  for (; j < n; ++j) {
+    const Scalar y = std::fma(x[j], inv, z);
+    if (!(y > 0) || !(y < b)) continue;  // clamped at an end of the grid: deterministic
+    const double p = round_up_probability(static_cast<double>(y - std::floor(y)));
+    total += p * (1 - p);
+  }
+  return total;
+}
+
 /// \brief Exact E‖Q(x) − x‖² over one row's elements [0, n) under the given map (in units of the
 /// original values, before any inverse transform), for stochastic rounding; 0 for Nearest.
 template <class Scalar>
@@ -202,15 +253,21 @@ inline double row_variance(const Scalar* x, Index n, const AffineMap<Scalar>& ma
                            const Scalar* inv_col, const Scalar* zp_col, const Scalar* scale_col,
                            int max_code) {
   const Scalar b = static_cast<Scalar>(max_code);
+  if (!inv_col) {
+    // One map for the row: Σ p(1 − p), then Δ² once (0 stays 0 even when Δ² overflows).
+    const double sum = row_rounding_sum(x, n, map.inv_scale, map.zero_point, b);
+    const double s = static_cast<double>(map.scale);
+    return sum > 0 ? s * s * sum : 0.0;
+  }
   double total = 0;
   for (Index j = 0; j < n; ++j) {
-    const Scalar iv = inv_col ? inv_col[j] : map.inv_scale;
-    const Scalar z = zp_col ? zp_col[j] : map.zero_point;
+    const Scalar iv = inv_col[j];
+    const Scalar z = zp_col[j];
     const Scalar y = std::fma(x[j], iv, z);
     if (!(y > 0) || !(y < b)) continue;  // clamped at an end of the grid: deterministic
     const double p = round_up_probability(static_cast<double>(y - std::floor(y)));
     if (!(p > 0 && p < 1)) continue;  // on the grid: exact (and Δ² may overflow, inf·0)
-    const double s = static_cast<double>(scale_col ? scale_col[j] : map.scale);
+    const double s = static_cast<double>(scale_col[j]);
     total += s * s * p * (1 - p);
   }
   return total;

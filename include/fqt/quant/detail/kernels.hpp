@@ -58,7 +58,32 @@ inline void add_fraction_variances(const Scalar* x, Index n, Scalar inv_a, Scala
                                    Scalar z_b, double& sum_a, double& sum_b) {
   using Array = Eigen::Array<Scalar, Eigen::Dynamic, 1>;
   constexpr Index kBlock = 1024;
-  for (Index j = 0; j < n; j += kBlock) {
+  Index start = 0;
+#if FQT_HAVE_AVX512
+  if constexpr (std::is_same_v<Scalar, float>) {
+    FQT_SIMD_DIAGNOSTICS_PUSH
+    const __m512 ia = _mm512_set1_ps(inv_a), za = _mm512_set1_ps(z_a);
+    const __m512 ib = _mm512_set1_ps(inv_b), zb = _mm512_set1_ps(z_b);
+    constexpr int kFloor = _MM_FROUND_TO_NEG_INF | _MM_FROUND_NO_EXC;
+    const Index whole = n - n % 16;
+    while (start < whole) {
+      __m512 acc_a = _mm512_setzero_ps(), acc_b = _mm512_setzero_ps();
+      const Index stop = std::min(whole, start + kBlock);
+      for (; start < stop; start += 16) {
+        const __m512 v = _mm512_loadu_ps(x + start);
+        const __m512 ya = _mm512_fmadd_ps(v, ia, za), yb = _mm512_fmadd_ps(v, ib, zb);
+        const __m512 fa = _mm512_sub_ps(ya, _mm512_roundscale_ps(ya, kFloor));
+        const __m512 fb = _mm512_sub_ps(yb, _mm512_roundscale_ps(yb, kFloor));
+        acc_a = _mm512_add_ps(acc_a, _mm512_fnmadd_ps(fa, fa, fa));
+        acc_b = _mm512_add_ps(acc_b, _mm512_fnmadd_ps(fb, fb, fb));
+      }
+      sum_a += static_cast<double>(_mm512_reduce_add_ps(acc_a));
+      sum_b += static_cast<double>(_mm512_reduce_add_ps(acc_b));
+    }
+    FQT_SIMD_DIAGNOSTICS_POP
+  }
+#endif
+  for (Index j = start; j < n; j += kBlock) {
     const Eigen::Map<const Array> v(x + j, std::min(kBlock, n - j));
     const auto ya = v * inv_a + z_a;
     const auto yb = v * inv_b + z_b;
