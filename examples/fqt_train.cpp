@@ -27,6 +27,7 @@
 #include "common/quantizers.hpp"
 #include "fqt/core/parallel.hpp"
 #include "fqt/nn/backends/int8.hpp"
+#include "trainer/gradients.hpp"
 #include "trainer/trainer.hpp"
 #ifdef FQT_TRAIN_DNNL
 #include "fqt/nn/backends/dnnl.hpp"
@@ -67,7 +68,7 @@ struct Options {
   std::string mode_name;
   bool compare_flag = false, full = false;
   // quantization (single run)
-  std::string grad_input = "bhq", grad_weight = "auto", grid = "zero";
+  std::string grad_input = "bhq", grad_weight = "auto", grid = "auto";
   std::string backend;  // float or int8; empty: int8 for a single run with oneDNN, else float
   int bits = 8, grad_weight_bits = 8, forward_bits = 8;
   // training
@@ -83,13 +84,12 @@ struct Options {
   std::vector<Index> channels = {architecture.conv1_channels, architecture.conv2_channels};
   // files (single run)
   std::string save_path, load_path;
-  bool eval_only = false, profile = false;
+  bool eval_only = false, profile = false, variance_table = false;
   // comparison
   std::string csv = "fqt_compare.csv", plot_prefix = "fqt_compare";
   std::vector<int> compare_bits;
-  std::vector<std::string> compare_quantizers =
-      fqt_examples::kind_names(fqt_examples::paper_grad_input_kinds());
-  std::vector<std::string> compare_grids = fqt_examples::grid_names();
+  // Empty: the default series; given, every quantizer on every grid.
+  std::vector<std::string> compare_quantizers, compare_grids;
   fqt_train::VarianceOptions variance;
   std::string progress_name = "auto";
 
@@ -98,7 +98,8 @@ struct Options {
               *grid_opt = nullptr;
   CLI::Option *epochs_opt = nullptr, *threads_opt = nullptr;
   CLI::Option *train_size_opt = nullptr, *test_size_opt = nullptr;
-  CLI::Option *save_opt = nullptr, *load_opt = nullptr, *profile_opt = nullptr;
+  CLI::Option *save_opt = nullptr, *load_opt = nullptr, *profile_opt = nullptr,
+              *variance_table_opt = nullptr;
   CLI::Option *csv_opt = nullptr, *plot_opt = nullptr, *compare_bits_opt = nullptr,
               *compare_quantizers_opt = nullptr, *compare_grids_opt = nullptr;
 
@@ -138,12 +139,21 @@ std::vector<std::string> with_auto(std::vector<std::string> names) {
   return names;
 }
 
-// The grad-input quantizers the comparison runs by default, e.g. "PTQ/PSQ/BHQ".
+// "PTQ/PSQ/BHQ on the paper grid, ADAPTIVE/HADAMARD on the auto grid": the default series.
 std::string quantizer_titles() {
-  std::vector<std::string> titles;
-  for (const auto k : fqt_examples::paper_grad_input_kinds())
-    titles.push_back(fqt_examples::kind_title(k));
-  return join(titles, "/");
+  std::string text;
+  const auto series = fqt_examples::default_series();
+  for (std::size_t i = 0; i < series.size(); ++i) {
+    const bool last_of_grid = i + 1 == series.size() || series[i + 1].second != series[i].second;
+    text += fqt_examples::kind_title(series[i].first);
+    if (last_of_grid) {
+      text += std::string(" on the ") + fqt_examples::grid_name(series[i].second) + " grid";
+      if (i + 1 < series.size()) text += ", ";
+    } else {
+      text += "/";
+    }
+  }
+  return text;
 }
 
 void add_run_options(CLI::App& app, Options& o) {
@@ -152,7 +162,8 @@ void add_run_options(CLI::App& app, Options& o) {
                    ->check(CLI::IsMember({"exact", "qat", "fqt"}, CLI::ignore_case));
   o.compare_opt = app.add_flag("--compare", o.compare_flag,
                                "compare Exact, QAT and FQT (" + quantizer_titles() +
-                                   " x bits x grids); the default when --mode is not given");
+                                   ", each at every bit width); the default when --mode is not "
+                                   "given");
   o.full_opt = app.add_flag("--full", o.full,
                             "the comparison on the whole grid: bits 8..1, all 60000 training "
                             "images, 10 epochs (about 2 hours on 2 cores)");
@@ -195,8 +206,9 @@ void add_quantization_options(CLI::App& app, Options& o) {
                      "single run where oneDNN is built in, float for the comparison")
       ->check(CLI::IsMember({"float", "int8"}, CLI::ignore_case));
   o.grid_opt = app.add_option("--grid", o.grid,
-                              "gradient grid: free (the paper's PSQ/BHQ grid) or zero (fqt's "
-                              "zero-aligned grid, exact zeros stay exact)")
+                              "gradient grid: auto (per row/column/tensor the lower-variance of "
+                              "free and zero), free, zero (exact zeros stay exact) or paper (the "
+                              "released code's: zero point for PTQ, free otherwise)")
                    ->check(CLI::IsMember(fqt_examples::grid_names(), CLI::ignore_case))
                    ->capture_default_str();
 }
@@ -278,6 +290,11 @@ void add_file_options(CLI::App& app, Options& o) {
   o.profile_opt = app.add_flag(
       "--profile", o.profile,
       "single run: print the gradient variance decomposition per tensor after training");
+  o.variance_table_opt = app.add_flag(
+      "--variance-table", o.variance_table,
+      "single run: record every layer's output gradient dL/dY on one batch before and after "
+      "training, and print each gradient quantizer's exact variance on them at 2, 4 and 8 bits "
+      "relative to the paper's configuration");
 }
 
 void add_compare_options(CLI::App& app, Options& o) {
@@ -293,14 +310,17 @@ void add_compare_options(CLI::App& app, Options& o) {
           ->delimiter(',')
           ->check(CLI::Range(1, 8));
   o.compare_quantizers_opt =
-      app.add_option("--compare-quantizers", o.compare_quantizers, "comparison: quantizers")
+      app.add_option("--compare-quantizers", o.compare_quantizers,
+                     "comparison: quantizers, each on every --compare-grids grid (default ptq, "
+                     "psq, bhq when only --compare-grids is given)")
           ->delimiter(',')
-          ->check(CLI::IsMember(fqt_examples::grad_input_quantizer_names(), CLI::ignore_case))
-          ->capture_default_str();
-  o.compare_grids_opt = app.add_option("--compare-grids", o.compare_grids, "comparison: grids")
-                            ->delimiter(',')
-                            ->check(CLI::IsMember(fqt_examples::grid_names(), CLI::ignore_case))
-                            ->capture_default_str();
+          ->check(CLI::IsMember(fqt_examples::grad_input_quantizer_names(), CLI::ignore_case));
+  o.compare_grids_opt =
+      app.add_option("--compare-grids", o.compare_grids,
+                     "comparison: grids of every --compare-quantizers quantizer (default paper, "
+                     "auto when only --compare-quantizers is given)")
+          ->delimiter(',')
+          ->check(CLI::IsMember(fqt_examples::grid_names(), CLI::ignore_case));
   app.add_option("--profile-passes", o.variance.fqt_passes,
                  "variance profile: K FQT backward passes on one batch")
       ->check(CLI::Range(2, 100000))
@@ -320,7 +340,7 @@ void add_compare_options(CLI::App& app, Options& o) {
 void check_usage(const Options& o) {
   if (o.compare) {
     for (const CLI::Option* opt : {o.grad_input_opt, o.bits_opt, o.grad_weight_opt, o.grid_opt,
-                                   o.save_opt, o.load_opt, o.profile_opt}) {
+                                   o.save_opt, o.load_opt, o.profile_opt, o.variance_table_opt}) {
       if (opt->count() > 0) {
         throw UsageError(opt->get_name() +
                          " applies to a single run: give --mode exact|qat|fqt (the comparison "
@@ -470,12 +490,15 @@ fqt_train::CompareOptions compare_options(const Options& o) {
   options.train = o.train;
   options.train.evaluate_every_epoch = false;  // the test set once per run, at the end
   options.bits = o.compare_bits;
-  options.quantizers.clear();
-  for (const auto& q : o.compare_quantizers) {
-    options.quantizers.push_back(fqt::parse_quantizer_kind(q));
+  if (!o.compare_quantizers.empty() || !o.compare_grids.empty()) {
+    std::vector<fqt::QuantizerKind> kinds;
+    for (const auto& q : o.compare_quantizers) kinds.push_back(fqt::parse_quantizer_kind(q));
+    if (kinds.empty()) kinds = fqt_examples::paper_grad_input_kinds();
+    std::vector<fqt::Grid> grids;
+    for (const auto& g : o.compare_grids) grids.push_back(nn::parse_grid(g));
+    if (grids.empty()) grids = {fqt::Grid::Paper, fqt::Grid::Auto};
+    options.series = fqt_examples::cross_series(kinds, grids);
   }
-  options.grids.clear();
-  for (const auto& g : o.compare_grids) options.grids.push_back(nn::parse_grid(g));
   options.variance = o.variance;
   options.workers = o.threads;
   options.validate();
@@ -487,19 +510,23 @@ void print_compare_header(const Options& o, const fqt_train::CompareOptions& opt
                           std::size_t runs, const Data& d) {
   const fqt_train::TrainOptions& t = o.train;
   std::printf("# fqt_train --compare%s\n\n", o.full ? " --full" : "");
+  std::vector<std::string> series;
+  for (const auto& [q, grid] : options.series)
+    series.push_back(std::string(fqt_examples::kind_name(q)) + "/" + fqt_examples::grid_name(grid));
   std::printf(
-      "Exact, QAT and FQT with the grad-input quantizers %s at %s bits on the %s grid%s, "
-      "grad-weight at %d bits (PTQ for PTQ runs, %s for PSQ/BHQ), forward %d bits, on the %s "
-      "backend; same seed, data order, initial weights and schedule for every run.\n\n",
-      join(o.compare_quantizers, ", ").c_str(), join(options.bits).c_str(),
-      join(o.compare_grids, " and ").c_str(), o.compare_grids.size() == 1 ? "" : "s",
-      o.grad_weight_bits, o.train.policy.backend ? "per-channel" : "per-column", o.forward_bits,
+      "Exact, QAT and FQT with the grad-input quantizers (quantizer/grid) %s at %s bits, "
+      "grad-weight at %d bits on the same grid (PTQ for PTQ runs, %s for the others), forward "
+      "%d bits, on the %s backend; same seed, data order, initial weights and schedule for "
+      "every run. The paper grid is the configuration of the paper's released code; auto is "
+      "fqt's default.\n\n",
+      join(series, ", ").c_str(), join(options.bits).c_str(), o.grad_weight_bits,
+      o.train.policy.backend ? "per-channel" : "per-column", o.forward_bits,
       o.train.policy.product_backend().name());
   std::printf(
       "%s: %lld training images, %d epoch%s, batch %lld, %lld test images, %s, seed %llu; "
       "%zu runs, %d at a time (one thread each); variance profile with K = %d FQT passes "
       "and M = %d sampling batches at initialisation and at the end. --full runs the whole "
-      "grid (bits 8..1, all 60000 training images, 10 epochs, 50 runs; about 2 hours "
+      "grid (bits 8..1, all 60000 training images, 10 epochs, 42 runs; under 2 hours "
       "here).\n\n",
       o.default_budget ? "default budget" : "budget", static_cast<long long>(d.train_set.size()),
       t.epochs, t.epochs == 1 ? "" : "s", static_cast<long long>(t.batch_size),
@@ -551,7 +578,7 @@ void write_compare_files(const Options& o, const fqt_train::CompareOptions& opti
   }
 }
 
-// One epoch of the default recipe (FQT, BHQ 8-bit grad-input, PTQ 8-bit grad-weight, zero grid)
+// One epoch of the default recipe (FQT, BHQ 8-bit grad-input, PTQ 8-bit grad-weight, auto grid)
 // on each backend, beside an Exact epoch, one run at a time on one thread: what the integer
 // path gains on this model.
 void print_backend_timing(const Options& o, const Data& d) {
@@ -646,15 +673,26 @@ void print_profile(const Options& o, const Data& d, fqt_train::Model& model) {
   fqt_train::VarianceOptions variance = o.variance;
   variance.batch_size = o.train.batch_size;
   variance.seed = o.train.seed;
+  variance.split_by_path = true;
   const auto v = fqt_train::measure_gradient_variance(model, d.train_set, o.train.policy, variance);
-  std::printf("\ngradient variance at the end of training (K = %d passes, M = %d batches):\n",
-              v.fqt_passes, v.sampling_batches);
-  std::printf("| tensor | quantization | QAT sampling | ratio |\n|---|--:|--:|--:|\n");
+  std::printf(
+      "\ngradient variance at the end of training (K = %d passes, M = %d batches; the "
+      "quantization variance also with only the grad-input or only the grad-weight quantizer, K "
+      "passes each):\n",
+      v.fqt_passes, v.sampling_batches);
+  std::printf(
+      "| tensor | quantization | grad-input path | grad-weight path | QAT sampling | ratio |\n"
+      "|---|--:|--:|--:|--:|--:|\n");
+  double input = 0, weight = 0;
   for (const auto& t : v.tensors) {
-    std::printf("| %s | %.4g | %.4g | %.3g |\n", t.name.c_str(), t.quantization, t.sampling,
+    std::printf("| %s | %.4g | %.4g | %.4g | %.4g | %.3g |\n", t.name.c_str(), t.quantization,
+                t.grad_input, t.grad_weight, t.sampling,
                 t.sampling > 0 ? t.quantization / t.sampling : 0.0);
+    input += t.grad_input;
+    weight += t.grad_weight;
   }
-  std::printf("| total | %.4g | %.4g | %.3g |\n", v.quantization, v.sampling, v.ratio());
+  std::printf("| total | %.4g | %.4g | %.4g | %.4g | %.3g |\n", v.quantization, input, weight,
+              v.sampling, v.ratio());
 }
 
 Outcome run_single(const Options& o, const Data& d) {
@@ -672,8 +710,20 @@ Outcome run_single(const Options& o, const Data& d) {
                 static_cast<long long>(d.test_set.size()));
     return Outcome::Evaluated;
   }
+  std::vector<fqt_train::LayerGradient> gradients;
+  if (o.variance_table) {
+    gradients = fqt_train::layer_gradients(model, d.train_set, o.train.policy, o.train.batch_size,
+                                           o.train.seed, "early");
+  }
   if (!train_and_print(o, d, model)) return Outcome::Diverged;
   if (o.profile) print_profile(o, d, model);
+  if (o.variance_table) {
+    for (auto& g : fqt_train::layer_gradients(model, d.train_set, o.train.policy,
+                                              o.train.batch_size, o.train.seed, "late"))
+      gradients.push_back(std::move(g));
+    std::printf("\n");
+    fqt_train::print_variance_table(gradients, {2, 4, 8});
+  }
   if (!o.save_path.empty()) {
     fqt_train::save_model(model, o.save_path);
     std::printf("saved parameters to %s\n", o.save_path.c_str());

@@ -4,9 +4,9 @@
 //
 // The gradient is either synthetic (fqt::stats::heavy_tailed_gradient: N samples whose scales are
 // log-uniform over several decades, Gaussian entries, a ReLU-like mask of exact zeros) or read
-// from a text file (--input). The table gives the exact variances for both grids (Free, the
-// paper's for PSQ and BHQ; ZeroAligned, fqt's default), plus the paper's reference mix (PTQ with
-// its zero point, PSQ and BHQ free), the ratios to BHQ and the bits BHQ saves over PTQ (log4 of
+// from a text file (--input). The table gives the exact variances of PTQ, PSQ, BHQ, Hadamard and
+// the adaptive quantizer on each grid (Free; ZeroAligned; Paper, the released code's
+// configuration; Auto, fqt's default), the ratios to BHQ and the bits BHQ saves over PTQ (log4 of
 // the ratio: each bit cuts the variance about 4×). The same numbers go to a CSV file and,
 // when gnuplot is installed, to a PNG. A Monte-Carlo run of one configuration shows that the exact
 // numbers are what the quantizers really do.
@@ -122,28 +122,31 @@ Matrix read_matrix(const std::string& path) {
 
 // ---- the table ----------------------------------------------------------------------------------
 
-// One line of the table: the exact variances of one block (a grid, or the reference mix) at one
-// bit width, and the paper's closed forms for the same bit width.
+// One line of the table: the exact variances of one grid at one bit width, and the paper's
+// closed forms for the same bit width.
 struct Row {
-  std::string block;  // "Free", "ZeroAligned" or "Reference"
+  std::string block;  // the grid: "Free", "ZeroAligned", "Paper" or "Auto"
   int bits = 0;
-  double ptq = 0, psq = 0, bhq = 0;  // exact E‖Q(G) − G‖²
+  double ptq = 0, psq = 0, bhq = 0, hadamard = 0, adaptive = 0;  // exact E‖Q(G) − G‖²
   double ptq_bound = 0, psq_bound = 0, bhq_bound = 0, bhq_heuristic = 0;  // closed forms, step R/B
   double ptq_over_bhq() const { return ptq / bhq; }
   double psq_over_bhq() const { return psq / bhq; }
   double bits_saved() const { return std::log(ptq / bhq) / std::log(4.0); }
 };
 
-// The blocks of the table, in order, with the line that explains each.
+// The blocks of the table (one per grid), in order, with the line that explains each.
 const std::vector<std::pair<std::string, std::string>>& blocks() {
   static const std::vector<std::pair<std::string, std::string>> list = {
       {grid_title(Grid::Free),
        "Free grid: code 0 at the row's (tensor's) minimum, code B at its maximum"},
       {grid_title(Grid::ZeroAligned),
-       "ZeroAligned grid (fqt's default): 0 is a grid point, exact zeros stay exact"},
-      {"Reference",
-       "Reference (the paper's code, digest §3): PTQ with its zero point (as ZeroAligned), PSQ "
-       "and BHQ Free"},
+       "ZeroAligned grid: 0 is a grid point, exact zeros stay exact"},
+      {grid_title(Grid::Paper),
+       "Paper grid (the paper's released code, digest §3): PTQ with its zero point ⌊k*⌋, the "
+       "others Free"},
+      {grid_title(Grid::Auto),
+       "Auto grid (fqt's default): per row, column or tensor the lower-variance of Free and "
+       "ZeroAligned"},
   };
   return list;
 }
@@ -158,6 +161,8 @@ std::vector<Row> compute(const Matrix& g, int bits_min, int bits_max) {
       r.ptq = fqt::PerTensorQuantizer<float>(bits, grid).expected_variance(g);
       r.psq = fqt::PerSampleQuantizer<float>(bits, grid).expected_variance(g);
       r.bhq = fqt::BlockHouseholderQuantizer<float>(bits, grid).expected_variance(g);
+      r.hadamard = fqt::HadamardQuantizer<float>(bits, grid).expected_variance(g);
+      r.adaptive = fqt::AdaptiveQuantizer<float>(bits, grid).expected_variance(g);
       r.ptq_bound = fqt::stats::ptq_bound(g, bits);
       r.psq_bound = fqt::stats::psq_bound(g, bits);
       r.bhq_bound = fqt::stats::bhq_bound(g, bits);
@@ -165,25 +170,19 @@ std::vector<Row> compute(const Matrix& g, int bits_min, int bits_max) {
       rows.push_back(r);
     }
   }
-  const std::size_t count = static_cast<std::size_t>(bits_max - bits_min + 1);
-  for (std::size_t k = 0; k < count; ++k) {
-    Row r = rows[k];  // Free
-    r.block = "Reference";
-    r.ptq = rows[count + k].ptq;  // ZeroAligned
-    rows.push_back(r);
-  }
   return rows;
 }
 
 void print_table(const std::vector<Row>& rows) {
   for (const auto& [block, title] : blocks()) {
     std::printf("\n%s\n", title.c_str());
-    std::printf("%4s  %11s  %11s  %11s  %8s  %8s  %10s\n", "bits", "PTQ", "PSQ", "BHQ", "PTQ/BHQ",
-                "PSQ/BHQ", "bits saved");
+    std::printf("%4s  %11s  %11s  %11s  %11s  %11s  %8s  %8s  %10s\n", "bits", "PTQ", "PSQ", "BHQ",
+                "Hadamard", "Adaptive", "PTQ/BHQ", "PSQ/BHQ", "bits saved");
     for (const Row& r : rows) {
       if (r.block != block) continue;
-      std::printf("%4d  %11.4e  %11.4e  %11.4e  %8.1f  %8.2f  %10.2f\n", r.bits, r.ptq, r.psq,
-                  r.bhq, r.ptq_over_bhq(), r.psq_over_bhq(), r.bits_saved());
+      std::printf("%4d  %11.4e  %11.4e  %11.4e  %11.4e  %11.4e  %8.1f  %8.2f  %10.2f\n", r.bits,
+                  r.ptq, r.psq, r.bhq, r.hadamard, r.adaptive, r.ptq_over_bhq(), r.psq_over_bhq(),
+                  r.bits_saved());
     }
   }
 }
@@ -191,13 +190,13 @@ void print_table(const std::vector<Row>& rows) {
 void write_csv(const std::vector<Row>& rows, const std::string& path) {
   std::ofstream out(path);
   out.precision(9);
-  out << "block,bits,ptq,psq,bhq,ptq_over_bhq,psq_over_bhq,bits_saved,"
+  out << "block,bits,ptq,psq,bhq,hadamard,adaptive,ptq_over_bhq,psq_over_bhq,bits_saved,"
          "paper_ptq_bound,paper_psq_bound,paper_bhq_bound,paper_bhq_heuristic\n";
   for (const Row& r : rows) {
     out << r.block << ',' << r.bits << ',' << r.ptq << ',' << r.psq << ',' << r.bhq << ','
-        << r.ptq_over_bhq() << ',' << r.psq_over_bhq() << ',' << r.bits_saved() << ','
-        << r.ptq_bound << ',' << r.psq_bound << ',' << r.bhq_bound << ',' << r.bhq_heuristic
-        << '\n';
+        << r.hadamard << ',' << r.adaptive << ',' << r.ptq_over_bhq() << ',' << r.psq_over_bhq()
+        << ',' << r.bits_saved() << ',' << r.ptq_bound << ',' << r.psq_bound << ',' << r.bhq_bound
+        << ',' << r.bhq_heuristic << '\n';
   }
   out.close();
   if (!out) throw std::runtime_error(path + ": cannot write the CSV file");
@@ -205,7 +204,8 @@ void write_csv(const std::vector<Row>& rows, const std::string& path) {
 
 // ---- the plot -----------------------------------------------------------------------------------
 
-// The gnuplot script of the variances on a log scale (pngcairo).
+// The gnuplot script of the variances on a log scale (pngcairo): the paper's three on the Paper
+// grid (solid), and on the Auto grid with Hadamard and the adaptive quantizer (dashed).
 std::string plot_script(const std::vector<Row>& rows, const std::string& path,
                         const std::string& title) {
   using fqt_examples::gnuplot_quote;
@@ -216,24 +216,28 @@ std::string plot_script(const std::vector<Row>& rows, const std::string& path,
          << "set xlabel 'gradient bits b'\nset ylabel 'E||Q(G) - G||^2 (exact)'\n"
          << "set logscale y\nset format y '10^{%L}'\nset grid\nset key top right\n"
          << "set xtics 1\n";
-  for (const Grid grid : fqt_examples::kGrids) {
+  for (const Grid grid : {Grid::Paper, Grid::Auto}) {
     const std::string block = grid_title(grid);
     script << "$" << block << " << EOD\n";
     for (const Row& r : rows) {
       if (r.block == block)
-        script << r.bits << ' ' << r.ptq << ' ' << r.psq << ' ' << r.bhq << '\n';
+        script << r.bits << ' ' << r.ptq << ' ' << r.psq << ' ' << r.bhq << ' ' << r.hadamard << ' '
+               << r.adaptive << '\n';
     }
     script << "EOD\n";
   }
-  script << "plot $Free using 1:2 with linespoints lw 2 lc rgb '#d62728' title 'PTQ (Free)', \\\n"
-         << "  $Free using 1:3 with linespoints lw 2 lc rgb '#1f77b4' title 'PSQ (Free)', \\\n"
-         << "  $Free using 1:4 with linespoints lw 2 lc rgb '#2ca02c' title 'BHQ (Free)', \\\n"
-         << "  $ZeroAligned using 1:2 with linespoints lw 2 dt 2 lc rgb '#d62728' "
-            "title 'PTQ (ZeroAligned)', \\\n"
-         << "  $ZeroAligned using 1:3 with linespoints lw 2 dt 2 lc rgb '#1f77b4' "
-            "title 'PSQ (ZeroAligned)', \\\n"
-         << "  $ZeroAligned using 1:4 with linespoints lw 2 dt 2 lc rgb '#2ca02c' "
-            "title 'BHQ (ZeroAligned)'\n";
+  script << "plot $Paper using 1:2 with linespoints lw 2 lc rgb '#d62728' title 'PTQ (Paper)', "
+            "\\\n"
+         << "  $Paper using 1:3 with linespoints lw 2 lc rgb '#1f77b4' title 'PSQ (Paper)', \\\n"
+         << "  $Paper using 1:4 with linespoints lw 2 lc rgb '#2ca02c' title 'BHQ (Paper)', \\\n"
+         << "  $Auto using 1:3 with linespoints lw 2 dt 2 lc rgb '#1f77b4' title 'PSQ (Auto)', "
+            "\\\n"
+         << "  $Auto using 1:4 with linespoints lw 2 dt 2 lc rgb '#2ca02c' title 'BHQ (Auto)', "
+            "\\\n"
+         << "  $Auto using 1:5 with linespoints lw 2 dt 2 lc rgb '#9467bd' "
+            "title 'Hadamard (Auto)', \\\n"
+         << "  $Auto using 1:6 with linespoints lw 3 dt 1 lc rgb '#000000' "
+            "title 'Adaptive (Auto)'\n";
   return script.str();
 }
 
@@ -309,7 +313,7 @@ struct Options {
   int bits_min = 2, bits_max = 8, mc_bits = 4;
   Index mc_draws = 32;
   int threads = fqt::num_threads();
-  Grid mc_grid = Grid::ZeroAligned;
+  Grid mc_grid = Grid::Auto;
   std::string input, csv = "variance_vs_bits.csv", png;
 };
 
@@ -357,10 +361,11 @@ void add_output_options(CLI::App& app, Options& o) {
       ->capture_default_str();
   std::map<std::string, Grid> grids;
   for (const Grid grid : fqt_examples::kGrids) grids.emplace(grid_title(grid), grid);
-  app.add_option("--mc-grid", o.mc_grid, "grid of the Monte-Carlo check: Free or ZeroAligned")
+  app.add_option("--mc-grid", o.mc_grid,
+                 "grid of the Monte-Carlo check: Free, ZeroAligned, Paper or Auto")
       ->transform(CLI::CheckedTransformer(grids, CLI::ignore_case).description(""))
-      ->type_name("Free|ZeroAligned")
-      ->default_str("ZeroAligned");
+      ->type_name("Free|ZeroAligned|Paper|Auto")
+      ->default_str("Auto");
   app.add_option("--threads", o.threads, "threads of fqt's parallel loops")
       ->check(CLI::Range(1, 1024))
       ->capture_default_str();

@@ -127,12 +127,12 @@ std::string title_of(fqt::QuantizerKind kind) {
   return title;
 }
 
-void BM_Quantize(benchmark::State& state, fqt::QuantizerKind kind) {
+void BM_Quantize(benchmark::State& state, fqt::QuantizerKind kind, fqt::Grid grid) {
   const Index rows = state.range(0), cols = state.range(1);
   const int bits = static_cast<int>(state.range(2)), threads = static_cast<int>(state.range(3));
   fqt::set_num_threads(threads);
   const Matrix& x = gradient(rows, cols);
-  const auto quantizer = quantizer_of(kind, bits, fqt::Grid::ZeroAligned);
+  const auto quantizer = quantizer_of(kind, bits, grid);
   const fqt::Philox rng(7);
   const auto quantize = [&] {
     auto q = quantizer.quantize(x, rng);
@@ -149,8 +149,18 @@ void BM_Quantize(benchmark::State& state, fqt::QuantizerKind kind) {
     benchmark::DoNotOptimize(out.data());
     benchmark::ClobberMemory();
   });
-  if (kind == fqt::QuantizerKind::BlockHouseholder || kind == fqt::QuantizerKind::Hadamard) {
-    const auto psq = quantizer_of(fqt::QuantizerKind::PerSample, bits, fqt::Grid::ZeroAligned);
+  if (grid == fqt::Grid::Auto) {
+    // What choosing the grid costs: the same quantizer on the zero-aligned grid.
+    const auto zero = quantizer_of(kind, bits, fqt::Grid::ZeroAligned);
+    state.counters["vs_zero"] = paired_ratio(quantize, [&] {
+      auto q = zero.quantize(x, rng);
+      benchmark::DoNotOptimize(q.codes.data());
+      benchmark::ClobberMemory();
+    });
+  }
+  if (kind == fqt::QuantizerKind::BlockHouseholder || kind == fqt::QuantizerKind::Hadamard ||
+      kind == fqt::QuantizerKind::Adaptive) {
+    const auto psq = quantizer_of(fqt::QuantizerKind::PerSample, bits, grid);
     state.counters["vs_psq"] = paired_ratio(quantize, [&] {
       auto q = psq.quantize(x, rng);
       benchmark::DoNotOptimize(q.codes.data());
@@ -181,14 +191,17 @@ void BM_VarianceVsBits(benchmark::State& state, fqt::Grid grid) {
   state.counters["PTQ/BHQ"] = v_ptq / v_bhq;
   state.counters["PSQ/BHQ"] = v_psq / v_bhq;
   state.counters["PSQ/HADAMARD"] = v_psq / of(fqt::QuantizerKind::Hadamard);
+  state.counters["PSQ/ADAPTIVE"] = v_psq / of(fqt::QuantizerKind::Adaptive);
   state.counters["bits_saved"] = std::log(v_ptq / v_bhq) / std::log(4.0);
 }
 
 const std::vector<std::vector<std::int64_t>> kShapesBitsThreads = {
     {128, 512, 4096}, {4096}, {4, 8}, {1, 2}};
 
-void register_quantizer(fqt::QuantizerKind kind) {
-  benchmark::RegisterBenchmark(("BM_Quantize/" + title_of(kind)).c_str(), BM_Quantize, kind)
+void register_quantizer(fqt::QuantizerKind kind, fqt::Grid grid) {
+  benchmark::RegisterBenchmark(
+      ("BM_Quantize/" + title_of(kind) + "/" + fqt::to_string(grid)).c_str(), BM_Quantize, kind,
+      grid)
       ->ArgNames({"rows", "cols", "bits", "threads"})
       ->ArgsProduct(kShapesBitsThreads)
       ->UseRealTime()
@@ -201,10 +214,13 @@ void register_quantizer(fqt::QuantizerKind kind) {
       ->ArgsProduct({{128, 512, 4096}, {4096}, {1, 2}})
       ->UseRealTime()
       ->Unit(benchmark::kMillisecond);
-  for (const auto& k : fqt::kQuantizerKinds) register_quantizer(k.kind);
-  for (const fqt::Grid grid : {fqt::Grid::Free, fqt::Grid::ZeroAligned}) {
-    const std::string name =
-        std::string("BM_VarianceVsBits/") + (grid == fqt::Grid::Free ? "Free" : "ZeroAligned");
+  for (const auto& k : fqt::kQuantizerKinds) {
+    for (const fqt::Grid grid : {fqt::Grid::ZeroAligned, fqt::Grid::Auto})
+      register_quantizer(k.kind, grid);
+  }
+  for (const fqt::Grid grid :
+       {fqt::Grid::Free, fqt::Grid::ZeroAligned, fqt::Grid::Paper, fqt::Grid::Auto}) {
+    const std::string name = std::string("BM_VarianceVsBits/") + fqt::to_string(grid);
     benchmark::RegisterBenchmark(name.c_str(), BM_VarianceVsBits, grid)
         ->ArgNames({"rows", "cols", "bits"})
         ->ArgsProduct({{128}, {4096}, benchmark::CreateDenseRange(2, 8, 1)})

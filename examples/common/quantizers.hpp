@@ -8,6 +8,7 @@
 #include <algorithm>
 #include <cctype>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "fqt/nn/policy.hpp"
@@ -31,8 +32,35 @@ inline std::vector<fqt::QuantizerKind> paper_grad_input_kinds() {
           fqt::QuantizerKind::BlockHouseholder};
 }
 
-/// \brief The gradient grids, in table order: the paper's Free grid, then fqt's zero-aligned grid.
-inline const std::vector<fqt::Grid> kGrids = {fqt::Grid::Free, fqt::Grid::ZeroAligned};
+/// \brief The gradient grids, in enum order: Free, ZeroAligned, Paper (the released code's
+/// configuration) and Auto (fqt's default).
+inline const std::vector<fqt::Grid> kGrids = {fqt::Grid::Free, fqt::Grid::ZeroAligned,
+                                              fqt::Grid::Paper, fqt::Grid::Auto};
+
+/// \brief A grad-input quantizer on a grid: one line of the trainer's comparison.
+using QuantizerGrid = std::pair<fqt::QuantizerKind, fqt::Grid>;
+
+/// \brief What the trainer's comparison runs by default: the paper's three quantizers in the
+/// configuration of its released code (Grid::Paper), fqt's default (the adaptive quantizer on
+/// Grid::Auto) and the Hadamard quantizer on Grid::Auto.
+inline std::vector<QuantizerGrid> default_series() {
+  using fqt::Grid;
+  using fqt::QuantizerKind;
+  return {{QuantizerKind::PerTensor, Grid::Paper},
+          {QuantizerKind::PerSample, Grid::Paper},
+          {QuantizerKind::BlockHouseholder, Grid::Paper},
+          {QuantizerKind::Adaptive, Grid::Auto},
+          {QuantizerKind::Hadamard, Grid::Auto}};
+}
+
+/// \brief Every quantizer on every grid, quantizers outermost.
+inline std::vector<QuantizerGrid> cross_series(const std::vector<fqt::QuantizerKind>& kinds,
+                                               const std::vector<fqt::Grid>& grids) {
+  std::vector<QuantizerGrid> series;
+  for (const auto k : kinds)
+    for (const auto g : grids) series.emplace_back(k, g);
+  return series;
+}
 
 /// \brief The short name of a kind ("ptq", "psq", "column", "channel", "bhq", "hadamard"), the
 /// spelling fqt::parse_quantizer_kind accepts (command lines, run names, tables).
@@ -50,12 +78,24 @@ inline std::size_t position(const std::vector<fqt::QuantizerKind>& kinds, fqt::Q
   return static_cast<std::size_t>(std::find(kinds.begin(), kinds.end(), kind) - kinds.begin());
 }
 
-/// \brief "free" or "zero", the names nn::parse_grid accepts (command lines, run names, tables).
-inline const char* grid_name(fqt::Grid grid) { return grid == fqt::Grid::Free ? "free" : "zero"; }
+/// \brief "free", "zero", "paper" or "auto", the names nn::parse_grid accepts (command lines,
+/// run names, tables).
+inline const char* grid_name(fqt::Grid grid) { return fqt::to_string(grid); }
 
-/// \brief "Free" or "ZeroAligned", the enumerators' own spelling (variance_vs_bits' tables).
+/// \brief "Free", "ZeroAligned", "Paper" or "Auto", the enumerators' own spelling
+/// (variance_vs_bits' tables).
 inline const char* grid_title(fqt::Grid grid) {
-  return grid == fqt::Grid::Free ? "Free" : "ZeroAligned";
+  switch (grid) {
+    case fqt::Grid::Free:
+      return "Free";
+    case fqt::Grid::ZeroAligned:
+      return "ZeroAligned";
+    case fqt::Grid::Paper:
+      return "Paper";
+    case fqt::Grid::Auto:
+      return "Auto";
+  }
+  return "?";
 }
 
 /// \brief The short names of `kinds`, in their order.
@@ -65,12 +105,12 @@ inline std::vector<std::string> kind_names(const std::vector<fqt::QuantizerKind>
   return names;
 }
 
-/// \brief The names of grad_input_kinds(): "ptq", "psq", "bhq", "hadamard".
+/// \brief The names of grad_input_kinds(): "ptq", "psq", "bhq", "hadamard", "adaptive".
 inline std::vector<std::string> grad_input_quantizer_names() {
   return kind_names(grad_input_kinds());
 }
 
-/// \brief The names of kGrids: "free", "zero".
+/// \brief The names of kGrids: "free", "zero", "paper", "auto".
 inline std::vector<std::string> grid_names() {
   std::vector<std::string> names;
   for (const auto g : kGrids) names.emplace_back(grid_name(g));

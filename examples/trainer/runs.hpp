@@ -41,10 +41,9 @@ struct CompareOptions {
   TrainOptions train;  ///< shared by every run (train.policy supplies the forward and grad-weight
                        ///< bits; its mode and quantizers are set per run)
   std::vector<int> bits = {8, 5, 4, 3, 2};  ///< grad-input bit widths of the FQT runs
-  std::vector<fqt::QuantizerKind> quantizers =
-      fqt_examples::paper_grad_input_kinds();           ///< grad-input quantizers
-  std::vector<fqt::Grid> grids = fqt_examples::kGrids;  ///< gradient grids
-  bool baselines = true;                                ///< include the Exact and QAT runs
+  /// the (grad-input quantizer, gradient grid) lines, each run at every bit width
+  std::vector<fqt_examples::QuantizerGrid> series = fqt_examples::default_series();
+  bool baselines = true;     ///< include the Exact and QAT runs
   VarianceOptions variance;  ///< K and M of the variance profile (batch size and seed: train's)
   int workers = 2;           ///< runs trained at once, each on one thread
 
@@ -54,12 +53,13 @@ struct CompareOptions {
     train.validate();
     for (const int b : bits)
       fqt::check(b >= 1 && b <= 8, kWhere, "bits must be in [1, 8], got ", b);
-    for (const auto q : quantizers) {
+    for (const auto& [q, grid] : series) {
       fqt::check(fqt::can_feed(q, fqt::Contraction::Columns), kWhere, "quantizer '",
                  fqt_examples::kind_name(q), "' is no grad-input quantizer (expected ",
                  fqt::quantizer_kind_names(fqt::Contraction::Columns), ")");
+      fqt::check(fqt::is_grid(grid), kWhere, "grid ", static_cast<long long>(grid), " is no grid");
     }
-    fqt::check(baselines || (!bits.empty() && !quantizers.empty() && !grids.empty()), kWhere,
+    fqt::check(baselines || (!bits.empty() && !series.empty()), kWhere,
                "nothing to compare: no baselines and no FQT configuration");
     fqt::check(workers >= 1, kWhere, "workers must be >= 1, got ", workers);
     fqt::check(variance.fqt_passes >= 2, kWhere, "profile passes must be >= 2, got ",
@@ -67,8 +67,8 @@ struct CompareOptions {
   }
 };
 
-/// \brief The runs of the comparison, in table order: Exact, QAT, then for each quantizer, grid
-/// and bit width (as listed) an FQT run.
+/// \brief The runs of the comparison, in table order: Exact, QAT, then for each (quantizer, grid)
+/// of the series and each bit width (as listed) an FQT run.
 inline std::vector<RunSpec> compare_runs(const CompareOptions& options) {
   std::vector<RunSpec> runs;
   const nn::QuantPolicy& base = options.train.policy;
@@ -81,20 +81,18 @@ inline std::vector<RunSpec> compare_runs(const CompareOptions& options) {
       runs.push_back(r);
     }
   }
-  for (const auto q : options.quantizers) {
-    for (const auto grid : options.grids) {
-      for (const int bits : options.bits) {
-        RunSpec r;
-        r.policy = base;
-        r.policy.mode = nn::Mode::FQT;
-        r.policy.grad_input.kind = q;
-        r.policy.grad_input.bits = bits;
-        r.policy.grad_weight.kind = fqt_examples::paired_grad_weight(q, base.product_backend());
-        fqt_examples::set_gradient_grid(r.policy, grid);
-        r.name = std::string(fqt_examples::kind_name(q)) + "-" + std::to_string(bits) + "-" +
-                 fqt_examples::grid_name(grid);
-        runs.push_back(r);
-      }
+  for (const auto& [q, grid] : options.series) {
+    for (const int bits : options.bits) {
+      RunSpec r;
+      r.policy = base;
+      r.policy.mode = nn::Mode::FQT;
+      r.policy.grad_input.kind = q;
+      r.policy.grad_input.bits = bits;
+      r.policy.grad_weight.kind = fqt_examples::paired_grad_weight(q, base.product_backend());
+      fqt_examples::set_gradient_grid(r.policy, grid);
+      r.name = std::string(fqt_examples::kind_name(q)) + "-" + std::to_string(bits) + "-" +
+               fqt_examples::grid_name(grid);
+      runs.push_back(r);
     }
   }
   return runs;

@@ -357,10 +357,11 @@ inline TrainResult train(Model& model, const Dataset& train_set, const Dataset& 
 
 /// \brief Knobs of measure_gradient_variance.
 struct VarianceOptions {
-  int fqt_passes = 8;        ///< K FQT backward passes on the profiled batch (≥ 2)
-  int sampling_batches = 8;  ///< M further batches for the QAT sampling variance (≥ 2)
-  Index batch_size = 128;    ///< samples per batch (the training batch size)
-  std::uint64_t seed = 1;    ///< the run's seed (batches and noise from Stream::Profile)
+  int fqt_passes = 8;          ///< K FQT backward passes on the profiled batch (≥ 2)
+  int sampling_batches = 8;    ///< M further batches for the QAT sampling variance (≥ 2)
+  Index batch_size = 128;      ///< samples per batch (the training batch size)
+  std::uint64_t seed = 1;      ///< the run's seed (batches and noise from Stream::Profile)
+  bool split_by_path = false;  ///< also split the quantization variance by path (3·K passes)
 };
 
 /// \brief The gradient variance of one parameter tensor.
@@ -368,6 +369,8 @@ struct TensorVariance {
   std::string name;         ///< e.g. "3.weight"
   double quantization = 0;  ///< Var[ĝ | batch]: the FQT quantization variance
   double sampling = 0;      ///< the QAT minibatch sampling variance
+  double grad_input = std::numeric_limits<double>::quiet_NaN();   ///< Q_b1's share (split only)
+  double grad_weight = std::numeric_limits<double>::quiet_NaN();  ///< Q_b2's share (split only)
 };
 
 /// \brief The paper's variance decomposition of a model's gradient (Theorem 2), summed over the
@@ -421,13 +424,15 @@ inline VarianceReport measure_gradient_variance(Model& model, const Dataset& dat
   fqt::nn::ProfileOptions profile_options;
   profile_options.fqt_passes = policy.quantizes_backward() ? options.fqt_passes : 2;
   profile_options.rng = rng.substream(1);
+  profile_options.split_by_path = options.split_by_path && policy.quantizes_backward();
   const auto profile =
       fqt::nn::profile_gradients(model.net(), profiled, sampling_set, policy, profile_options);
   VarianceReport report;
   report.fqt_passes = profile.fqt_passes;
   report.sampling_batches = profile.sampling_batches;
   for (const auto& t : profile.tensors) {
-    report.tensors.push_back({t.name, t.quantization_variance, t.sampling_variance});
+    report.tensors.push_back({t.name, t.quantization_variance, t.sampling_variance,
+                              t.grad_input_variance, t.grad_weight_variance});
   }
   report.quantization = profile.quantization_variance();
   report.sampling = profile.sampling_variance();
