@@ -88,6 +88,7 @@ struct Options {
   // comparison
   std::string csv = "fqt_compare.csv", plot_prefix = "fqt_compare";
   std::vector<int> compare_bits;
+  int seeds = 2;  // the two lowest bit widths (and QAT) again with seeds seed+1 .. seed+seeds-1
   // Empty: the default series; given, every quantizer on every grid.
   std::vector<std::string> compare_quantizers, compare_grids;
   fqt_train::VarianceOptions variance;
@@ -101,7 +102,7 @@ struct Options {
   CLI::Option *save_opt = nullptr, *load_opt = nullptr, *profile_opt = nullptr,
               *variance_table_opt = nullptr;
   CLI::Option *csv_opt = nullptr, *plot_opt = nullptr, *compare_bits_opt = nullptr,
-              *compare_quantizers_opt = nullptr, *compare_grids_opt = nullptr;
+              *compare_quantizers_opt = nullptr, *compare_grids_opt = nullptr, *seeds_opt = nullptr;
 
   // resolved
   bool compare = false;         // the comparison (no --mode and no --eval-only)
@@ -304,6 +305,12 @@ void add_compare_options(CLI::App& app, Options& o) {
                               "comparison: PNG plots PREFIX_accuracy.png and "
                               "PREFIX_variance.png, with gnuplot ('' for none)")
                    ->capture_default_str();
+  o.seeds_opt = app.add_option("--seeds", o.seeds,
+                               "comparison: seeds of the two lowest bit widths (and of QAT): the "
+                               "runs again with seed+1, ..., their accuracy's mean and spread; 1 "
+                               "for none (the tables use the first seed)")
+                    ->check(CLI::Range(1, 16))
+                    ->capture_default_str();
   o.compare_bits_opt =
       app.add_option("--compare-bits", o.compare_bits,
                      "comparison: grad-input bit widths (default 8,5,4,3,2; --full 8,...,1)")
@@ -350,7 +357,7 @@ void check_usage(const Options& o) {
     }
   } else {
     for (const CLI::Option* opt : {o.compare_bits_opt, o.compare_quantizers_opt,
-                                   o.compare_grids_opt, o.csv_opt, o.plot_opt}) {
+                                   o.compare_grids_opt, o.csv_opt, o.plot_opt, o.seeds_opt}) {
       if (opt->count() > 0) {
         throw UsageError(opt->get_name() + " applies to the comparison only (no --mode)");
       }
@@ -578,6 +585,58 @@ void write_compare_files(const Options& o, const fqt_train::CompareOptions& opti
   }
 }
 
+// The two lowest bit widths of every series, and QAT, again with seeds seed+1 .. seed+seeds−1
+// (the seed draws the initial weights, the data order and the noise): each run's accuracy per
+// seed, the mean and the spread (max − min). One seed cannot separate differences of a point.
+void print_seed_spread(const Options& o, const fqt_train::CompareOptions& first_options,
+                       const std::vector<fqt_train::RunResult>& first, const Data& d) {
+  std::vector<int> low = first_options.bits;
+  std::sort(low.begin(), low.end());
+  low.resize(std::min<std::size_t>(2, low.size()));
+  std::vector<std::pair<std::string, std::vector<double>>> rows;
+  auto add = [&](const std::vector<fqt_train::RunResult>& results) {
+    for (const auto& r : results) {
+      const bool fqt = r.spec.policy.mode == nn::Mode::FQT;
+      if (r.spec.policy.mode == nn::Mode::Exact ||
+          (fqt && std::find(low.begin(), low.end(), r.spec.policy.grad_input.bits) == low.end()))
+        continue;
+      auto it = std::find_if(rows.begin(), rows.end(),
+                             [&](const auto& row) { return row.first == r.spec.name; });
+      if (it == rows.end()) it = rows.insert(rows.end(), {r.spec.name, {}});
+      it->second.push_back(100 * std::max(0.0, r.train.final_test_accuracy));
+    }
+  };
+  add(first);
+  for (int k = 1; k < o.seeds; ++k) {
+    fqt_train::CompareOptions options = first_options;
+    options.train.seed = first_options.train.seed + static_cast<std::uint64_t>(k);
+    options.bits = low;
+    options.variance.fqt_passes = 2;  // the spread is about accuracy: no profile to speak of
+    options.variance.sampling_batches = 0;
+    add(fqt_train::run_compare(o.architecture, options, d.train_set, d.test_set, o.progress_style));
+  }
+  std::printf("\n## Seeds: the %s-bit runs and QAT with seeds %llu..%llu\n\n",
+              join(low, " and ").c_str(), static_cast<unsigned long long>(first_options.train.seed),
+              static_cast<unsigned long long>(first_options.train.seed + o.seeds - 1));
+  std::printf(
+      "Test accuracy %% per seed (the first is the table's), mean and spread (max - min):\n\n");
+  std::printf("| run |");
+  for (int k = 0; k < o.seeds; ++k)
+    std::printf(" seed %llu |", static_cast<unsigned long long>(first_options.train.seed + k));
+  std::printf(" mean | spread |\n|---|");
+  for (int k = 0; k < o.seeds + 2; ++k) std::printf("--:|");
+  std::printf("\n");
+  for (const auto& [name, acc] : rows) {
+    std::printf("| %s |", name.c_str());
+    double sum = 0, lo = acc.front(), hi = acc.front();
+    for (const double a : acc) {
+      std::printf(" %.2f |", a);
+      sum += a, lo = std::min(lo, a), hi = std::max(hi, a);
+    }
+    std::printf(" %.2f | %.2f |\n", sum / static_cast<double>(acc.size()), hi - lo);
+  }
+}
+
 // One epoch of the default recipe (FQT, BHQ 8-bit grad-input, PTQ 8-bit grad-weight, auto grid)
 // on each backend, beside an Exact epoch, one run at a time on one thread: what the integer
 // path gains on this model.
@@ -591,8 +650,8 @@ void print_backend_timing(const Options& o, const Data& d) {
   nn::QuantPolicy fqt_int8 = fqt_float;
   fqt_int8.backend = backend_named("int8");
   const std::vector<Timed> runs = {{"exact", nn::QuantPolicy::with_mode(nn::Mode::Exact)},
-                                   {"fqt bhq-8-zero", fqt_float},
-                                   {"fqt bhq-8-zero", fqt_int8}};
+                                   {"fqt bhq-8-auto", fqt_float},
+                                   {"fqt bhq-8-auto", fqt_int8}};
   std::printf("\nbackends: one epoch each of %lld images, batch %lld, one thread\n\n",
               static_cast<long long>(d.train_set.size()),
               static_cast<long long>(o.train.batch_size));
@@ -622,6 +681,7 @@ void run_comparison(const Options& o, const Data& d) {
   const auto results =
       fqt_train::run_compare(o.architecture, options, d.train_set, d.test_set, o.progress_style);
   print_compare_report(o, results, d);
+  if (o.seeds > 1) print_seed_spread(o, options, results, d);
   print_backend_timing(o, d);
   write_compare_files(o, options, results, d);
 }
