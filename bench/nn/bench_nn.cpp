@@ -333,12 +333,14 @@ void register_shape(const std::string& shape, Make make) {
       nn::QuantPolicy p;
       p.grad_input.kind = k.kind;
       p.grad_input.bits = p.grad_weight.bits = bits;
+      p.grad_weight.kind = fqt::QuantizerKind::PerTensor;  // PTQ grad-weight in every config
       configs.push_back({std::string("fqt_") + k.name + "_" + std::to_string(bits), p});
       p.backend = integer_backend();
       configs.push_back({std::string("int8_fqt_") + k.name + "_" + std::to_string(bits), p});
     }
   }
-  nn::QuantPolicy int8;  // the default recipe: BHQ 8-bit grad-input, PTQ 8-bit grad-weight
+  nn::QuantPolicy int8;  // BHQ 8-bit grad-input, PTQ 8-bit grad-weight
+  int8.grad_weight.kind = fqt::QuantizerKind::PerTensor;
   int8.backend = integer_backend();
   configs.push_back({"int8_forward", int8, Part::Forward});
   configs.push_back({"int8_grad_input", int8, Part::GradInput});

@@ -12,6 +12,7 @@
 #include <vector>
 
 #include "fqt/nn/policy.hpp"
+#include "fqt/nn/presets.hpp"
 #include "fqt/quant/catalogue.hpp"
 #include "fqt/quant/grid.hpp"
 
@@ -117,25 +118,8 @@ inline std::vector<std::string> grid_names() {
   return names;
 }
 
-/// \brief The paper's grad-weight quantizer for a grad-input quantizer: the same kind when its
-/// scales also factor out of the weight gradient Q_b2(G)ᵀ·X (PTQ with PTQ), else per-column (PSQ,
-/// BHQ and Hadamard, whose per-sample scales do not).
-inline fqt::QuantizerKind paired_grad_weight(fqt::QuantizerKind grad_input) {
-  return fqt::can_feed(grad_input, fqt::Contraction::Rows) ? grad_input
-                                                           : fqt::QuantizerKind::PerColumn;
-}
-
-/// \brief The paper's pairing as a backend can run it: on a backend that multiplies codes, the
-/// per-column grad-weight quantizer (one scale per (k, oy, ox) on a conv, which varies along its
-/// grad-weight contraction) becomes per-channel — the same quantizer on linear layers, and the
-/// per-(k) scale an integer conv GEMM applies.
-inline fqt::QuantizerKind paired_grad_weight(fqt::QuantizerKind grad_input,
-                                             const fqt::nn::Backend& backend) {
-  const fqt::QuantizerKind paired = paired_grad_weight(grad_input);
-  return backend.multiplies_codes() && !fqt::can_feed(paired, fqt::Contraction::RowsAndChannels)
-             ? fqt::QuantizerKind::PerChannel
-             : paired;
-}
+/// \brief The paper's grad-weight quantizer for a grad-input quantizer (nn::presets).
+using fqt::nn::presets::paired_grad_weight;
 
 /// \brief The grad-weight quantizers paired_grad_weight gives the grad-input kinds, in table
 /// order: "ptq" and "column".

@@ -9,3 +9,4 @@
 #include "fqt/nn/loss.hpp"
 #include "fqt/nn/optim.hpp"
 #include "fqt/nn/policy.hpp"
+#include "fqt/nn/presets.hpp"

@@ -172,7 +172,7 @@ TEST_CASE("linear_forward and linear_backward work on Eigen::Map-ped foreign buf
 
   using MatrixMap = Eigen::Map<fqt::Matrix<float>>;
   using VectorMap = Eigen::Map<fqt::Vector<float>>;
-  fqt::nn::QuantPolicy policy;  // FQT: 8-bit forward, BHQ 8-bit grad-input, PTQ 8-bit grad-weight
+  fqt::nn::QuantPolicy policy;  // FQT: 8-bit forward, BHQ 8-bit grad-input, per-column grad-weight
   fqt::nn::LinearCache<float> cache;
   fqt::nn::linear_forward(MatrixMap(x.data(), 8, 16), MatrixMap(w.data(), 4, 16),
                           VectorMap(b.data(), 4), policy, cache, MatrixMap(y.data(), 8, 4));
@@ -186,13 +186,14 @@ TEST_CASE("linear_forward and linear_backward work on Eigen::Map-ped foreign buf
             ((cache.input.values() * cache.weight.values().transpose()).array() + 0.5f).matrix()) <
         1e-6);
   // The gradients, recomputed with the policy's quantizers on the same streams: grad-input is
-  // BHQ 8-bit, grad-weight PTQ 8-bit, both stochastic on the automatic grid (the default).
+  // BHQ 8-bit, grad-weight per channel (= per column on a linear layer) at 8 bits, both
+  // stochastic on the automatic grid (the default).
   const Eigen::Map<const fqt::Matrix<float>> g(dy.data(), 8, 4);
   const auto streams = fqt::nn::gradient_streams(fqt::Philox(42), step, layer);
   const fqt::Matrix<float> g_input = fqt::BlockHouseholderQuantizer<float, fqt::Stochastic>(
       8, fqt::Grid::Auto)(g, streams.grad_input);
   const fqt::Matrix<float> g_weight =
-      fqt::PerTensorQuantizer<float, fqt::Stochastic>(8, fqt::Grid::Auto)(g, streams.grad_weight);
+      fqt::PerColumnQuantizer<float, fqt::Stochastic>(8, fqt::Grid::Auto)(g, streams.grad_weight);
   REQUIRE(g_input != g);  // the quantizers did change the gradient
   REQUIRE(g_weight != g);
   CHECK(nn_test::relative_error(MatrixMap(dx.data(), 8, 16), g_input * cache.weight.values()) <

@@ -1,7 +1,12 @@
 #include "fqt/nn/policy.hpp"
 
 #include <catch2/catch.hpp>
+#include <cmath>
 #include <string>
+
+#include "fqt/nn/backends/int8.hpp"
+#include "fqt/nn/ops/linear.hpp"
+#include "fqt/nn/presets.hpp"
 
 namespace nn = fqt::nn;
 using Catch::Matchers::Contains;
@@ -19,7 +24,10 @@ TEST_CASE("The default policy is the paper's recipe with automatic gradient grid
     CHECK(spec.channels == 1);
   }
   CHECK(p.grad_input.kind == fqt::QuantizerKind::BlockHouseholder);
-  CHECK(p.grad_weight.kind == fqt::QuantizerKind::PerTensor);
+  // Per channel: per column of G on a linear layer, per output channel on a conv (the paper's
+  // pairing for BHQ as every backend runs it).
+  CHECK(p.grad_weight.kind == fqt::QuantizerKind::PerChannel);
+  CHECK(p.grad_weight_spec(7).channels == 7);
   CHECK(p.backend == nullptr);
   CHECK(std::string(p.product_backend().name()) == "simulated");
   CHECK_FALSE(p.product_backend().multiplies_codes());
@@ -144,4 +152,42 @@ TEST_CASE("validate rejects every enum field outside its enum naming the field a
   p.grad_weight.rounding = static_cast<fqt::RoundingMode>(3);
   CHECK_THROWS_WITH(p.validate("where"), Contains("rounding must be") && Contains("got 3"));
   CHECK_THROWS_AS(p.validate("where"), std::invalid_argument);
+}
+
+TEST_CASE("Presets: the paper's pairings and gradients only", "[nn][policy]") {
+  using K = fqt::QuantizerKind;
+  const auto ptq = nn::presets::paper(K::PerTensor, 4);
+  CHECK(ptq.grad_input.kind == K::PerTensor);
+  CHECK(ptq.grad_weight.kind == K::PerTensor);
+  CHECK(ptq.grad_input.bits == 4);
+  CHECK(ptq.grad_weight.bits == 4);
+  CHECK(ptq.grad_input.grid == fqt::Grid::Paper);
+  for (const auto k : {K::PerSample, K::BlockHouseholder, K::Hadamard, K::Adaptive}) {
+    CHECK(nn::presets::paper(k, 3, fqt::Grid::Auto).grad_weight.kind == K::PerColumn);
+    // On codes the per-column scale of a conv would vary along its grad-weight contraction.
+    const auto int8 = nn::presets::paper(k, 3, fqt::Grid::Auto, nn::int8_backend());
+    CHECK(int8.grad_weight.kind == K::PerChannel);
+    CHECK(int8.grad_weight.grid == fqt::Grid::Auto);
+  }
+  CHECK_THROWS_WITH(nn::presets::paper(K::PerColumn, 4), Contains("grad_input quantizer 'column'"));
+  CHECK_THROWS_WITH(nn::presets::paper(K::PerSample, 9), Contains("grad_input.bits"));
+
+  // Gradients only: FQT quantizes G but not the forward operands, so the output is Exact's.
+  const auto g = nn::presets::gradients_only(nn::presets::paper(K::PerSample, 4));
+  CHECK(g.mode == nn::Mode::FQT);
+  CHECK_FALSE(g.quantizes_forward());
+  CHECK(g.quantizes_grad_input());
+  CHECK(g.quantizes_grad_weight());
+  fqt::Matrix<double> x(3, 5), w(2, 5), y_exact(3, 2), y_grads(3, 2), y_qat(3, 2);
+  for (fqt::Index i = 0; i < x.size(); ++i) x.data()[i] = std::sin(0.7 * static_cast<double>(i));
+  for (fqt::Index i = 0; i < w.size(); ++i) w.data()[i] = std::cos(1.3 * static_cast<double>(i));
+  const fqt::Vector<double> no_bias;
+  nn::LinearCache<double> cache;
+  nn::linear_forward<double>(x, w, no_bias, nn::QuantPolicy::with_mode(nn::Mode::Exact), cache,
+                             y_exact);
+  nn::linear_forward<double>(x, w, no_bias, g, cache, y_grads);
+  nn::linear_forward<double>(x, w, no_bias, nn::QuantPolicy::with_mode(nn::Mode::QAT), cache,
+                             y_qat);
+  CHECK(y_grads == y_exact);
+  CHECK(y_qat != y_exact);
 }

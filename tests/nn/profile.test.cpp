@@ -54,6 +54,8 @@ nn::QuantPolicy fqt_policy(fqt::QuantizerKind q, int bits) {
   nn::QuantPolicy p;
   p.grad_input.kind = q;
   p.grad_input.bits = bits;
+  // PTQ grad-weight: the exact-variance test below sums its independent per-element variances.
+  p.grad_weight.kind = fqt::QuantizerKind::PerTensor;
   p.grad_weight.bits = bits;
   return p;
 }
@@ -314,7 +316,8 @@ TEST_CASE("Theorem 2: BHQ < PSQ < PTQ at 4 bits when a few samples have large lo
   // The ordering is the paper's claim about these three quantizers, so they are named here.
   for (auto q : {fqt::QuantizerKind::PerTensor, fqt::QuantizerKind::PerSample,
                  fqt::QuantizerKind::BlockHouseholder}) {
-    nn::QuantPolicy policy;  // grad-weight stays PTQ at 8 bits, as in the paper
+    nn::QuantPolicy policy;
+    policy.grad_weight.kind = fqt::QuantizerKind::PerTensor;  // PTQ grad-weight at 8 bits
     policy.grad_input.kind = q;
     policy.grad_input.bits = 4;
     policy.grad_input.grid = policy.grad_weight.grid = grid;

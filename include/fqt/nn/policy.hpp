@@ -51,11 +51,11 @@ enum class GradientPaths {
 
 /// \brief The quantization recipe of a layer or a whole model.
 ///
-/// Defaults are the paper's released recipe with fqt's automatic gradient grid: activations 8
-/// bits (per tensor, round to nearest, free grid), weights 8 bits (per tensor, nearest, zero on
-/// the grid), grad-input BHQ at 8 bits, grad-weight PTQ at 8 bits, stochastic rounding, both
-/// gradient quantizers on Grid::Auto. Grid::Paper in both gradient specs is the paper's released
-/// configuration exactly. Every bit
+/// Defaults: activations 8 bits (per tensor, round to nearest, free grid), weights 8 bits (per
+/// tensor, nearest, zero on the grid), grad-input BHQ at 8 bits, grad-weight per channel at 8 bits
+/// (per column of G on a linear layer, per output channel on a conv: the paper's pairing for BHQ
+/// in the form every backend runs), stochastic rounding, both gradient quantizers on Grid::Auto.
+/// nn::presets (presets.hpp) names the paper's other pairings and "gradients only". Every bit
 /// width is in [1, 8]. A model has one policy; a layer may override it (see Module::set_policy).
 struct QuantPolicy {
   Mode mode = Mode::FQT;    ///< Exact, QAT or FQT
@@ -67,12 +67,16 @@ struct QuantPolicy {
   /// Q_b2, the grad-weight quantizer: a kind whose scales are constant along the samples (ptq,
   /// column or channel), 1–8 bits. For channel the layer supplies the number of channels (see
   /// grad_weight_spec); the `channels` field here must stay 1.
-  QuantizerSpec grad_weight{QuantizerKind::PerTensor, 8};
+  QuantizerSpec grad_weight{QuantizerKind::PerChannel, 8};
   /// Who computes the products (see fqt/nn/backend.hpp); null means the simulated backend.
   std::shared_ptr<const Backend> backend;
   /// Which backward quantizers run in Mode::FQT: both, or one alone, which isolates its share of
   /// the gradient variance (nn::profile_gradients' split by path)
   GradientPaths quantized_paths = GradientPaths::Both;
+  /// Whether QAT and FQT quantize the forward operands with Q_f; false is "gradients only": the
+  /// forward pass in full precision and, in Mode::FQT, only the output gradient quantized
+  /// (presets::gradients_only)
+  bool forward_quantized = true;
 
   /// \brief A policy with the given mode and default knobs.
   static QuantPolicy with_mode(Mode m) {
@@ -99,8 +103,8 @@ struct QuantPolicy {
   /// \brief The backend that computes this policy's products.
   const Backend& product_backend() const { return backend ? *backend : simulated_backend(); }
 
-  /// \brief True when the forward pass quantizes (QAT and FQT).
-  bool quantizes_forward() const { return mode != Mode::Exact; }
+  /// \brief True when the forward pass quantizes (QAT and FQT, unless forward_quantized is off).
+  bool quantizes_forward() const { return mode != Mode::Exact && forward_quantized; }
   /// \brief True when the backward pass quantizes the output gradient (FQT).
   bool quantizes_backward() const { return mode == Mode::FQT; }
   /// \brief True when Q_b1 runs (FQT, and the grad-input path is quantized).
