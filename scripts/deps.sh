@@ -4,7 +4,7 @@
 fqt_packages_build=(cmake g++ make libeigen3-dev librandom123-dev zlib1g-dev libcli11-dev
   libdnnl-dev ocl-icd-opencl-dev)
 fqt_packages_test=(catch2 libbenchmark-dev clang libclang-rt-14-dev libomp-14-dev
-  libfuzzer-14-dev dataset-fashion-mnist gnuplot-nox)
+  libfuzzer-14-dev dataset-fashion-mnist gnuplot-nox libtorch-dev)
 fqt_packages_run=(dataset-fashion-mnist gnuplot-nox)
 
 fqt_ensure_packages() {

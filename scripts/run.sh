@@ -8,7 +8,7 @@ source scripts/deps.sh
 fqt_ensure_packages "${fqt_packages_build[@]}" "${fqt_packages_run[@]}"
 
 cmake -S . -B build/run -DCMAKE_BUILD_TYPE=Release -DFQT_BUILD_TESTS=OFF \
-  -DFQT_BUILD_BENCHMARKS=OFF -DFQT_BUILD_EXAMPLES=ON >/dev/null
+  -DFQT_BUILD_BENCHMARKS=OFF -DFQT_BUILD_EXAMPLES=ON -DFQT_WITH_TORCH=OFF >/dev/null
 cmake --build build/run -j "$(nproc)" --target fqt_train
 mkdir -p out
 cd out

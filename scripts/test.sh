@@ -11,8 +11,10 @@ fqt_ensure_packages "${fqt_packages_build[@]}" "${fqt_packages_test[@]}"
 
 jobs=$(nproc)
 echo "== optimised build (GCC, -march=native): tests, examples, benchmarks"
-# oneDNN is required here, so that the int8 tests run its engine beside the portable one.
+# oneDNN and libtorch are required here, so that the int8 tests run its engine beside the portable
+# one and the libtorch adapter's tests run.
 cmake -S . -B build/release -DCMAKE_BUILD_TYPE=Release -DCMAKE_CXX_COMPILER=g++ -DFQT_WITH_DNNL=ON \
+  -DFQT_WITH_TORCH=ON -DFQT_BUILD_TESTS=ON -DFQT_BUILD_BENCHMARKS=ON -DFQT_BUILD_EXAMPLES=ON \
   >/dev/null
 cmake --build build/release -j "$jobs"
 (cd build/release && ctest --output-on-failure -j "$jobs")
@@ -20,9 +22,10 @@ cmake --build build/release -j "$jobs"
 echo "== optimised stage done at ${SECONDS} s"
 echo "== portable build under AddressSanitizer + UndefinedBehaviorSanitizer (Clang)"
 # Without oneDNN (it brings GCC's OpenMP runtime, Clang's is libomp): the int8 tests run the
-# portable integer GEMM here.
+# portable integer GEMM here. Without libtorch (a GCC-built library; its adapter is tested above).
 cmake -S . -B build/sanitize -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_COMPILER=clang++ \
-  -DFQT_NATIVE=OFF -DFQT_SLOW_TESTS=OFF -DFQT_WITH_DNNL=OFF -DFQT_BUILD_BENCHMARKS=OFF -DFQT_BUILD_EXAMPLES=OFF \
+  -DFQT_NATIVE=OFF -DFQT_SLOW_TESTS=OFF -DFQT_WITH_DNNL=OFF -DFQT_WITH_TORCH=OFF \
+  -DFQT_BUILD_TESTS=ON -DFQT_BUILD_BENCHMARKS=OFF -DFQT_BUILD_EXAMPLES=OFF \
   -DCMAKE_CXX_FLAGS="-O1 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
   >/dev/null
 cmake --build build/sanitize -j "$jobs"
