@@ -111,6 +111,47 @@ TEST_CASE("Exact linear_forward computes X W^T + b", "[nn][linear]") {
   CHECK(nn_test::relative_error(y, expected) < 1e-14);
 }
 
+TEST_CASE("Exact linear and conv caches can refer to X and W instead of copying them",
+          "[nn][linear][conv]") {
+  const Matrix<double> x = nn_test::random_matrix(5, 7, 1);
+  const Matrix<double> w = nn_test::random_matrix(3, 7, 2);
+  const Matrix<double> g = nn_test::random_matrix(5, 3, 4);
+  const Vector<double> no_bias;
+  const auto streams = nn::gradient_streams(Philox(1), 0, 0);
+  nn::LinearCache<double> copying, borrowing;
+  borrowing.borrow_exact_operands = true;
+  Matrix<double> y(5, 3), y_borrowed(5, 3), dx(5, 7), dx_borrowed(5, 7);
+  Matrix<double> dw = Matrix<double>::Zero(3, 7), dw_borrowed = Matrix<double>::Zero(3, 7);
+  Vector<double> db(0);
+  nn::linear_forward<double>(x, w, no_bias, exact_policy(), copying, y);
+  nn::linear_forward<double>(x, w, no_bias, exact_policy(), borrowing, y_borrowed);
+  CHECK_FALSE(copying.input.borrowed());
+  CHECK(borrowing.input.borrowed());
+  CHECK(borrowing.weight.borrowed());
+  CHECK(borrowing.input.operand().value().data() == x.data());  // a view, no copy
+  CHECK(borrowing.weight.operand().value().data() == w.data());
+  nn::linear_backward<double>(g, copying, streams, dx, dw, db);
+  nn::linear_backward<double>(g, borrowing, streams, dx_borrowed, dw_borrowed, db);
+  CHECK(y_borrowed == y);
+  CHECK(dx_borrowed == dx);
+  CHECK(dw_borrowed == dw);
+  // Quantized modes store Q_f(X) and Q_f(W), never a view.
+  nn::linear_forward<double>(x, w, no_bias, nn::QuantPolicy::with_mode(nn::Mode::QAT), borrowing,
+                             y_borrowed);
+  CHECK_FALSE(borrowing.input.borrowed());
+  CHECK_FALSE(borrowing.weight.borrowed());
+
+  const nn::Conv2dGeometry geo(2, 5, 5, 3, 3);
+  const Matrix<double> cx = nn_test::random_matrix(2, geo.input_size(), 5);
+  const Matrix<double> cw = nn_test::random_matrix(3, geo.patch_size(), 6);
+  nn::Conv2dCache<double> conv;
+  conv.borrow_exact_operands = true;
+  Matrix<double> cy(2, geo.output_size());
+  nn::conv2d_forward<double>(cx, cw, no_bias, geo, exact_policy(), conv, cy);
+  CHECK(conv.weight.borrowed());
+  CHECK(conv.weight.operand().value().data() == cw.data());
+}
+
 TEST_CASE("Linear gradients in Exact mode match finite differences", "[nn][linear][gradcheck]") {
   Matrix<double> x = nn_test::random_matrix(6, 5, 10);
   Matrix<double> w = nn_test::random_matrix(4, 5, 11);

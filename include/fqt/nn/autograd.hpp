@@ -208,6 +208,8 @@ Variable<Scalar> linear(Tape<Scalar>& tape, const Variable<Scalar>& input,
                         const QuantPolicy& policy, const GradientStreams& streams,
                         std::shared_ptr<LinearCache<Scalar>> cache = nullptr) {
   if (!cache) cache = std::make_shared<LinearCache<Scalar>>();
+  // The recorded backward holds input and weight, whose values stay as they are until it runs.
+  cache->borrow_exact_operands = true;
   Matrix<Scalar> out(input.batch(), weight.value().rows());
   const Vector<Scalar> no_bias;
   if (bias.defined()) {
@@ -245,6 +247,7 @@ Variable<Scalar> conv2d(Tape<Scalar>& tape, const Variable<Scalar>& input,
         geometry.in_width);
   geometry.validate("nn::conv2d");
   if (!cache) cache = std::make_shared<Conv2dCache<Scalar>>();
+  cache->borrow_exact_operands = true;  // the recorded backward holds the weight
   Matrix<Scalar> out(input.batch(), geometry.output_size());
   const Vector<Scalar> no_bias;
   if (bias.defined()) {

@@ -61,30 +61,43 @@ class OperandStore {
       }
     });
     coded_ = as_codes;
+    borrowed_ = false;
     filled_ = true;
   }
 
   /// \brief The candidate an adaptive quantizer last used in this store (an index into its
   /// candidates: PSQ, BHQ, Hadamard by default), −1 before any adaptive call.
   Index adaptive_choice() const { return choice_; }
-  /// \brief Stores x itself.
+  /// \brief Stores x itself (a copy).
   void assign(const MatrixCRef<Scalar>& x) {
     detail::ensure_shape(values_, x.rows(), x.cols());
     values_ = x;
     coded_ = false;
+    borrowed_ = false;
     filled_ = true;
   }
+  /// \brief Refers to x itself, without a copy: x must stay alive and unchanged while the store
+  /// is used (until the matching backward pass).
+  void borrow(const MatrixCRef<Scalar>& x) {
+    borrowed_view_ = Operand<Scalar>::values(x);
+    coded_ = false;
+    borrowed_ = true;
+    filled_ = true;
+  }
+  /// \brief True when the store refers to a caller's matrix (borrow) instead of owning a copy.
+  bool borrowed() const { return borrowed_; }
 
   /// \brief True when the store holds codes.
   bool coded() const { return coded_; }
   /// \brief The operand, for a backend.
   Operand<Scalar> operand() const {
     FQT_ASSERT(filled_);
+    if (borrowed_) return borrowed_view_;
     return coded_ ? Operand<Scalar>::codes(codes_) : Operand<Scalar>::values(values_);
   }
-  /// \brief The stored values; only when !coded().
+  /// \brief The stored values; only when !coded() and !borrowed().
   const Matrix<Scalar>& values() const {
-    FQT_ASSERT(filled_ && !coded_);
+    FQT_ASSERT(filled_ && !coded_ && !borrowed_);
     return values_;
   }
   /// \brief The stored codes; only when coded().
@@ -101,7 +114,9 @@ class OperandStore {
 
   Quantized<Scalar, Code> codes_;
   Matrix<Scalar> values_;
+  Operand<Scalar> borrowed_view_ = Operand<Scalar>::values(values_);
   bool coded_ = false;
+  bool borrowed_ = false;
   bool filled_ = false;
   // The adaptive quantizer's decision: its candidate, the spec it was made for, and the calls
   // since.
@@ -126,14 +141,19 @@ void naming_argument(const char* where, const char* what, F&& f) {
 }  // namespace detail
 
 /// \brief The forward operand of a GEMM op: Q_f(x) with `spec` (the policy's activation_spec()
-/// or weight_spec()) in Mode::QAT and Mode::FQT, x itself in Mode::Exact, stored as the policy's
-/// backend multiplies it. The caller has checked x for NaN/Inf.
+/// or weight_spec()) in Mode::QAT and Mode::FQT, x itself in Mode::Exact (borrowed without a copy
+/// when `borrow`, else copied), stored as the policy's backend multiplies it. The caller has
+/// checked x for NaN/Inf.
 template <class Scalar>
 void store_forward_operand(const QuantPolicy& policy, const QuantizerSpec& spec,
                            const MatrixCRef<Scalar>& x, OperandStore<Scalar>& store,
-                           const char* where, const char* what) {
+                           const char* where, const char* what, bool borrow = false) {
   if (!policy.quantizes_forward()) {
-    store.assign(x);
+    if (borrow) {
+      store.borrow(x);
+    } else {
+      store.assign(x);
+    }
     return;
   }
   const bool codes = policy.product_backend().multiplies_codes();

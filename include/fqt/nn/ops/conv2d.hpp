@@ -32,6 +32,9 @@ struct Conv2dCache {
   /// when the last forward threw after it started filling the cache (conv2d_backward then throws
   /// std::logic_error).
   bool complete = false;
+  /// Mode::Exact refers to W instead of copying it (X is never copied): the caller then keeps W
+  /// alive and unchanged until the matching backward (fqt's autograd layers do, and set this)
+  bool borrow_exact_operands = false;
   QuantPolicy policy;           ///< the policy of the forward pass
   Conv2dGeometry geometry;      ///< the geometry of the forward pass
   Index batch = 0;              ///< N
@@ -90,7 +93,7 @@ void conv2d_forward(const detail::ConstMatrix<Scalar>& input,
   cache.geometry = g;
   cache.batch = n;
   store_forward_operand<Scalar>(policy, policy.weight_spec(), weight, cache.weight, kWhere,
-                                "weight");
+                                "weight", cache.borrow_exact_operands);
   // In Mode::Exact the backend reads X itself: no copy.
   Operand<Scalar> x = Operand<Scalar>::values(input);
   if (policy.quantizes_forward()) {

@@ -25,11 +25,15 @@ struct LinearCache {
   /// when the last forward threw after it started filling the cache (linear_backward then throws
   /// std::logic_error).
   bool complete = false;
-  QuantPolicy policy;                    ///< the policy of the forward pass (backward follows it)
-  OperandStore<Scalar> input;            ///< X̂ = Q_f(X) (X itself in Mode::Exact), N × in
-  OperandStore<Scalar> weight;           ///< Ŵ = Q_f(W) (W itself in Mode::Exact), out × in
-  OperandStore<Scalar> grad_for_input;   ///< workspace: Q_b1(G), N × out
-  OperandStore<Scalar> grad_for_weight;  ///< workspace: Q_b2(G), N × out
+  /// Mode::Exact refers to X and W instead of copying them: the caller then keeps both alive and
+  /// unchanged until the matching backward (fqt's autograd layers do, and set this)
+  bool borrow_exact_operands = false;
+  QuantPolicy policy;          ///< the policy of the forward pass (backward follows it)
+  OperandStore<Scalar> input;  ///< X̂ = Q_f(X) (X itself, or a view of it, in Mode::Exact), N × in
+  OperandStore<Scalar>
+      weight;  ///< Ŵ = Q_f(W) (W itself, or a view of it, in Mode::Exact), out × in
+  OperandStore<Scalar> grad_for_input;                 ///< workspace: Q_b1(G), N × out
+  OperandStore<Scalar> grad_for_weight;                ///< workspace: Q_b2(G), N × out
   Index batch = 0, in_features = 0, out_features = 0;  ///< N, in, out of the forward pass
   std::unique_ptr<BackendState> state;                 ///< the backend's workspaces
 };
@@ -69,9 +73,9 @@ void linear_forward(const detail::ConstMatrix<Scalar>& input,
   cache.in_features = input.cols();
   cache.out_features = weight.rows();
   store_forward_operand<Scalar>(policy, policy.activation_spec(), input, cache.input, kWhere,
-                                "input");
+                                "input", cache.borrow_exact_operands);
   store_forward_operand<Scalar>(policy, policy.weight_spec(), weight, cache.weight, kWhere,
-                                "weight");
+                                "weight", cache.borrow_exact_operands);
   policy.product_backend().linear_forward(cache.input.operand(), cache.weight.operand(), output,
                                           cache.state);
   if (bias.size() > 0) output.rowwise() += bias.transpose();
