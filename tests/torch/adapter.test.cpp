@@ -12,6 +12,7 @@
 #include <limits>
 #include <sstream>
 #include <stdexcept>
+#include <thread>
 #include <vector>
 
 namespace {
@@ -270,6 +271,21 @@ TEST_CASE("torch adapter streams: every pass draws fresh noise and a resumed run
   torch::manual_seed(4);
   ft::Linear d(10, 4, ft::Quantization(policy).with_layer(8).with_seed(21));
   CHECK_FALSE(torch::equal(weight_grad(d), first));
+}
+
+TEST_CASE("torch adapter: passes on several threads each take their own call number",
+          "[torch][threads]") {
+  ft::Linear layer(6, 3, ft::Quantization(fqt_policy(fqt::QuantizerKind::PerSample, 4)));
+  const torch::Tensor x = torch::randn({4, 6}, torch::requires_grad());
+  constexpr int kPasses = 200;
+  std::vector<std::thread> threads;
+  for (int t = 0; t < 2; ++t) {
+    threads.emplace_back([&] {
+      for (int k = 0; k < kPasses; ++k) (void)layer(x);
+    });
+  }
+  for (auto& t : threads) t.join();
+  CHECK(layer->state().calls() == 2 * kPasses);
 }
 
 TEST_CASE("torch adapter workspaces: steady-state steps create none, two live passes two",

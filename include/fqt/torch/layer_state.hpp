@@ -197,8 +197,10 @@ class LayerState {
     counters()[1] = calls;
   }
 
-  /// \brief The streams of the next recorded pass; advances the counter.
+  /// \brief The streams of the next recorded pass; advances the counter (safe when several threads
+  /// run the same layer: each pass gets its own call number).
   nn::GradientStreams next_streams() {
+    std::lock_guard<std::mutex> lock(counter_mutex_);
     std::int64_t* s = counters();
     const auto call = static_cast<std::uint64_t>(s[1]++);
     return nn::gradient_streams(Philox(quantization_.seed), call, static_cast<std::uint64_t>(s[0]));
@@ -243,6 +245,7 @@ class LayerState {
 
   Quantization quantization_;
   ::torch::Tensor stream_;
+  std::mutex counter_mutex_;
   std::shared_ptr<detail::WorkspacePool<float>> float_pool_;
   std::shared_ptr<detail::WorkspacePool<double>> double_pool_;
 };
