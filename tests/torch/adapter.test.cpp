@@ -242,6 +242,8 @@ TEST_CASE("torch adapter streams: every pass draws fresh noise and a resumed run
     return layer->weight.grad().clone();
   };
   ft::Linear a = make();
+  CHECK(a->state().quantization().layer == 7);
+  CHECK(ft::Linear(10, 4)->state().quantization().layer >= 0);  // the process counter's id
   const torch::Tensor first = weight_grad(a);
   CHECK(a->state().calls() == 1);
   const torch::Tensor second = weight_grad(a);

@@ -174,6 +174,7 @@ class LayerState {
     const std::int64_t id =
         quantization_.layer >= 0 ? quantization_.layer : detail::next_layer_id();
     stream_.data_ptr<std::int64_t>()[0] = id;
+    quantization_.layer = id;
   }
 
   /// \brief The layer's quantization (its policy, engine, seed; layer is the id in use).
@@ -182,7 +183,7 @@ class LayerState {
   /// \throws std::invalid_argument on an invalid policy; the state is then unchanged
   void set_quantization(Quantization q) {
     q.policy.validate("torch::LayerState::set_quantization");
-    q.layer = counters()[0];
+    q.layer = counters()[0];  // the id stays that of the stream
     quantization_ = std::move(q);
   }
   /// \brief The int64 tensor {layer id, calls so far} (the modules' "fqt_stream" buffer).
