@@ -14,8 +14,9 @@
 /// - Each forward fills a cache with what its backward needs; a cache reused across steps of the
 ///   same shapes does not allocate. In Mode::Exact a cache copies X and W, or, with its
 ///   `borrow_exact_operands` set (as fqt's autograd layers set it), keeps views of them: the caller
-///   then keeps both alive and unchanged until the backward call. Backward functions say whether they overwrite or accumulate.
-///   An output argument of size 0 (an empty matrix or vector) means "not wanted" and is skipped.
+///   then keeps both alive and unchanged until the backward call. Backward functions say whether
+///   they overwrite or accumulate. An output argument of size 0 (an empty matrix or vector) means
+///   "not wanted" and is skipped.
 /// - What a throw leaves behind: a forward function checks every argument (shapes, sizes that
 ///   could overflow Index, finiteness) before it touches the cache, so a bad argument leaves the
 ///   cache as it was, still usable by the backward of the previous forward pass. Past the checks,

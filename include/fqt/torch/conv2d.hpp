@@ -33,24 +33,21 @@ struct Conv2dParams {
 namespace detail {
 
 template <class Scalar>
-struct Conv2dBackward : ::torch::autograd::Node {
-  WorkspaceLease<Scalar> ws;
-  nn::QuantPolicy policy;
-  nn::GradientStreams streams;
-  Engine engine = Engine::Torch;
+struct Conv2dBackward : PassNode<Scalar> {
+  using PassNode<Scalar>::ws, PassNode<Scalar>::policy, PassNode<Scalar>::streams,
+      PassNode<Scalar>::engine, PassNode<Scalar>::input_operand, PassNode<Scalar>::weight_operand,
+      PassNode<Scalar>::has_bias;
   Conv2dParams params;
-  ::torch::Tensor input_operand, weight_operand;  // Torch engine: X̂ and Ŵ (X, W in Exact mode)
   c10::SmallVector<std::int64_t, 4> input_sizes, weight_sizes;
-  bool has_bias = false;
 
   std::string name() const override { return "fqt::torch::Conv2dBackward"; }
 
   ::torch::autograd::variable_list apply(::torch::autograd::variable_list&& grads) override {
     constexpr const char* kWhere = "torch::conv2d (backward)";
-    check(ws != nullptr, kWhere,
-          "the graph of this pass was already freed; use retain_graph to call backward twice");
-    const bool want_input = should_compute_output(0), want_weight = should_compute_output(1);
-    const bool want_bias = has_bias && should_compute_output(2);
+    this->check_alive(kWhere);
+    const bool want_input = this->should_compute_output(0);
+    const bool want_weight = this->should_compute_output(1);
+    const bool want_bias = has_bias && this->should_compute_output(2);
     ::torch::autograd::variable_list result(3);
     if (!grads[0].defined()) return result;
     const ::torch::Tensor g = grads[0].contiguous();
@@ -91,12 +88,6 @@ struct Conv2dBackward : ::torch::autograd::Node {
     }
     if (want_bias) result[2] = g.sum({0, 2, 3});
     return result;
-  }
-
-  void release_variables() override {
-    ws.reset();
-    input_operand.reset();
-    weight_operand.reset();
   }
 };
 
@@ -155,18 +146,11 @@ template <class Scalar>
 
   auto node = std::shared_ptr<Conv2dBackward<Scalar>>(new Conv2dBackward<Scalar>(),
                                                       ::torch::autograd::deleteNode);
-  node->ws = std::move(ws);
-  node->policy = policy;
-  node->streams = state.next_streams();
-  node->engine = engine;
   node->params = params;
-  node->input_operand = std::move(x_operand);
-  node->weight_operand = std::move(w_operand);
   node->input_sizes.assign(x.sizes().begin(), x.sizes().end());
   node->weight_sizes.assign(w.sizes().begin(), w.sizes().end());
-  node->has_bias = bias.defined();
-  node->set_next_edges(::torch::autograd::collect_next_edges(input, weight, bias));
-  ::torch::autograd::set_history(y, node);
+  record_pass<Scalar>(node, std::move(ws), state, std::move(x_operand), std::move(w_operand), input,
+                      weight, bias, y);
   return y;
 }
 
@@ -237,15 +221,8 @@ class Conv2dImpl : public ::torch::nn::Conv2dImpl {
 
   std::shared_ptr<::torch::nn::Module> clone(
       const c10::optional<::torch::Device>& device = c10::nullopt) const override {
-    check(!device || device->is_cpu(), "torch::Conv2d::clone", "fqt's adapter runs on the CPU");
-    Quantization q = state_->quantization();
-    q.layer = state_->layer();
-    auto copy = std::make_shared<Conv2dImpl>(conv_options_, q);
-    ::torch::NoGradGuard no_grad;
-    copy->weight.copy_(weight);
-    if (bias.defined()) copy->bias.copy_(bias);
-    copy->state_->stream().copy_(state_->stream());
-    return copy;
+    return detail::clone_layer<Conv2dImpl>(*this, conv_options_, *state_, device,
+                                           "torch::Conv2d::clone");
   }
 
   void pretty_print(std::ostream& stream) const override {

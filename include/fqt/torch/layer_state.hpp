@@ -4,6 +4,8 @@
 /// products, the layer's noise stream (seed, layer id, call counter) and a pool of workspaces
 /// reused across steps; and the checked Eigen views of tensors it hands to fqt.
 
+#include <torch/csrc/autograd/function.h>
+#include <torch/csrc/autograd/functions/utils.h>
 #include <torch/torch.h>
 
 #include <atomic>
@@ -326,6 +328,65 @@ std::pair<::torch::Tensor, ::torch::Tensor> gradient_operands(
   const bool weight = want_weight && policy.quantizes_grad_weight();
   return {input ? tensor_over(ws.grad_for_input, g.sizes()) : g,
           weight ? tensor_over(ws.grad_for_weight, g.sizes()) : g};
+}
+
+/// \brief The part of a layer pass's autograd node that linear and conv2d share: the pass's
+/// workspace (returned to the layer's pool when the node releases its variables), its policy,
+/// streams and engine, and the operands the Torch engine's backward products need.
+template <class Scalar>
+struct PassNode : ::torch::autograd::Node {
+  WorkspaceLease<Scalar> ws;
+  nn::QuantPolicy policy;
+  nn::GradientStreams streams;
+  Engine engine = Engine::Torch;
+  ::torch::Tensor input_operand, weight_operand;  // Torch engine: X̂ and Ŵ (X, W in Exact mode)
+  bool has_bias = false;
+
+  /// Throws std::invalid_argument naming `where` when the graph was already released.
+  void check_alive(const char* where) const {
+    check(ws != nullptr, where,
+          "the graph of this pass was already freed; use retain_graph to call backward twice");
+  }
+  void release_variables() override {
+    ws.reset();
+    input_operand.reset();
+    weight_operand.reset();
+  }
+};
+
+/// \brief Fills the shared part of `node` for one pass of `state`'s layer (taking the next
+/// streams) and makes it y's grad_fn, with edges to input, weight and bias.
+template <class Scalar, class Node>
+void record_pass(const std::shared_ptr<Node>& node, WorkspaceLease<Scalar> ws, LayerState& state,
+                 ::torch::Tensor x_operand, ::torch::Tensor w_operand, const ::torch::Tensor& input,
+                 const ::torch::Tensor& weight, const ::torch::Tensor& bias, ::torch::Tensor& y) {
+  node->ws = std::move(ws);
+  node->policy = state.quantization().policy;
+  node->streams = state.next_streams();
+  node->engine = state.engine();
+  node->input_operand = std::move(x_operand);
+  node->weight_operand = std::move(w_operand);
+  node->has_bias = bias.defined();
+  node->set_next_edges(::torch::autograd::collect_next_edges(input, weight, bias));
+  ::torch::autograd::set_history(y, node);
+}
+
+/// \brief Module::clone for an adapter layer: the same options and quantization, the same layer
+/// id and call counter, deep copies of weight and bias.
+template <class Impl, class Options>
+std::shared_ptr<::torch::nn::Module> clone_layer(const Impl& self, const Options& options,
+                                                 LayerState& state,
+                                                 const c10::optional<::torch::Device>& device,
+                                                 const char* where) {
+  check(!device || device->is_cpu(), where, "fqt's adapter runs on the CPU");
+  Quantization q = state.quantization();
+  q.layer = state.layer();
+  auto copy = std::make_shared<Impl>(options, q);
+  ::torch::NoGradGuard no_grad;
+  copy->weight.copy_(self.weight);
+  if (self.bias.defined()) copy->bias.copy_(self.bias);
+  copy->state().stream().copy_(state.stream());
+  return copy;
 }
 
 /// \brief f<float>() or f<double>() by the dtype of t.

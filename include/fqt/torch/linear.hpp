@@ -23,24 +23,21 @@ namespace detail {
 /// The autograd node of one linear pass: it owns the pass's workspace (returned to the layer's
 /// pool when the node releases its variables) and the operands the backward products need.
 template <class Scalar>
-struct LinearBackward : ::torch::autograd::Node {
-  WorkspaceLease<Scalar> ws;
-  nn::QuantPolicy policy;
-  nn::GradientStreams streams;
-  Engine engine = Engine::Torch;
-  ::torch::Tensor input_operand, weight_operand;  // Torch engine: X̂ and Ŵ (X, W in Exact mode)
+struct LinearBackward : PassNode<Scalar> {
+  using PassNode<Scalar>::ws, PassNode<Scalar>::policy, PassNode<Scalar>::streams,
+      PassNode<Scalar>::engine, PassNode<Scalar>::input_operand, PassNode<Scalar>::weight_operand,
+      PassNode<Scalar>::has_bias;
   c10::SmallVector<std::int64_t, 6> input_sizes;
   Index batch = 0, in = 0, out = 0;
-  bool has_bias = false;
 
   std::string name() const override { return "fqt::torch::LinearBackward"; }
 
   ::torch::autograd::variable_list apply(::torch::autograd::variable_list&& grads) override {
     constexpr const char* kWhere = "torch::linear (backward)";
-    check(ws != nullptr, kWhere,
-          "the graph of this pass was already freed; use retain_graph to call backward twice");
-    const bool want_input = should_compute_output(0), want_weight = should_compute_output(1);
-    const bool want_bias = has_bias && should_compute_output(2);
+    this->check_alive(kWhere);
+    const bool want_input = this->should_compute_output(0);
+    const bool want_weight = this->should_compute_output(1);
+    const bool want_bias = has_bias && this->should_compute_output(2);
     ::torch::autograd::variable_list result(3);
     if (!grads[0].defined()) return result;
     const ::torch::Tensor g = grads[0].contiguous().view({batch, out});
@@ -70,12 +67,6 @@ struct LinearBackward : ::torch::autograd::Node {
     if (want_weight) result[1] = ::torch::mm(g2.t(), input_operand);
     if (want_bias) result[2] = g.sum(0);
     return result;
-  }
-
-  void release_variables() override {
-    ws.reset();
-    input_operand.reset();
-    weight_operand.reset();
   }
 };
 
@@ -123,17 +114,10 @@ template <class Scalar>
 
   auto node = std::shared_ptr<LinearBackward<Scalar>>(new LinearBackward<Scalar>(),
                                                       ::torch::autograd::deleteNode);
-  node->ws = std::move(ws);
-  node->policy = policy;
-  node->streams = state.next_streams();
-  node->engine = engine;
-  node->input_operand = std::move(x_operand);
-  node->weight_operand = std::move(w_operand);
   node->input_sizes.assign(x.sizes().begin(), x.sizes().end());
   node->batch = batch, node->in = in, node->out = out;
-  node->has_bias = bias.defined();
-  node->set_next_edges(::torch::autograd::collect_next_edges(input, weight, bias));
-  ::torch::autograd::set_history(y, node);
+  record_pass<Scalar>(node, std::move(ws), state, std::move(x_operand), std::move(w_operand), input,
+                      weight, bias, y);
   return y;
 }
 
@@ -191,15 +175,7 @@ class LinearImpl : public ::torch::nn::LinearImpl {
   /// \brief A deep copy of parameters and buffers with the same quantization and stream.
   std::shared_ptr<::torch::nn::Module> clone(
       const c10::optional<::torch::Device>& device = c10::nullopt) const override {
-    check(!device || device->is_cpu(), "torch::Linear::clone", "fqt's adapter runs on the CPU");
-    Quantization q = state_->quantization();
-    q.layer = state_->layer();
-    auto copy = std::make_shared<LinearImpl>(options, q);
-    ::torch::NoGradGuard no_grad;
-    copy->weight.copy_(weight);
-    if (bias.defined()) copy->bias.copy_(bias);
-    copy->state_->stream().copy_(state_->stream());
-    return copy;
+    return detail::clone_layer<LinearImpl>(*this, options, *state_, device, "torch::Linear::clone");
   }
 
   void pretty_print(std::ostream& stream) const override {
