@@ -17,6 +17,7 @@
 #include <cctype>
 #include <chrono>
 #include <cstdio>
+#include <map>
 #include <memory>
 #include <sstream>
 #include <stdexcept>
@@ -240,6 +241,13 @@ void add_training_options(CLI::App& app, Options& o) {
   app.add_option("--gamma", t.gamma, "step schedule: decay factor")
       ->check(CLI::Range(1e-9, 1.0))
       ->capture_default_str();
+  app.add_option("--conv-columns", t.conv_columns,
+                 "what the convs keep for backward: keep (the batch's im2col columns; the "
+                 "default) or recompute (only the input: the columns are built again)")
+      ->transform(CLI::CheckedTransformer(
+          std::map<std::string, fqt::nn::ConvColumns>{
+              {"keep", fqt::nn::ConvColumns::Keep}, {"recompute", fqt::nn::ConvColumns::Recompute}},
+          CLI::ignore_case));
   app.add_option("--momentum", t.momentum, "SGD momentum, in [0, 1)")
       ->check(CLI::Range(0.0, 0.999999))
       ->capture_default_str();
@@ -725,6 +733,8 @@ bool train_and_print(const Options& o, const Data& d, fqt_train::Model& model) {
     return false;
   }
   std::printf("\nfinal test accuracy: %.2f%%\n", 100 * result.final_test_accuracy);
+  std::printf("layer caches between steps (conv columns: %s): %.2f MB\n",
+              fqt::nn::to_string(t.conv_columns), static_cast<double>(result.cache_bytes) / 1e6);
   return true;
 }
 

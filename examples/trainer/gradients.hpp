@@ -51,9 +51,9 @@ class RecordingBackend final : public fqt::nn::BackendFor<RecordingBackend> {
   }
   template <class S>
   void conv_forward_impl(const nn::Conv2dGeometry& geo, const nn::Operand<S>& x,
-                         const nn::Operand<S>& w, fqt::MatrixRef<S> y,
+                         const nn::Operand<S>& w, fqt::MatrixRef<S> y, nn::ConvColumns columns,
                          std::unique_ptr<nn::BackendState>& state) const {
-    nn::simulated_backend().conv_forward(geo, x, w, y, state);
+    nn::simulated_backend().conv_forward(geo, x, w, y, columns, state);
   }
   template <class S>
   void conv_grad_input_impl(const nn::Conv2dGeometry& geo, const nn::Operand<S>& g,
@@ -63,9 +63,10 @@ class RecordingBackend final : public fqt::nn::BackendFor<RecordingBackend> {
   }
   template <class S>
   void conv_grad_weight_impl(const nn::Conv2dGeometry& geo, const nn::Operand<S>& g,
-                             fqt::MatrixRef<S> dw, std::unique_ptr<nn::BackendState>& state) const {
+                             const nn::Operand<S>& x, fqt::MatrixRef<S> dw,
+                             std::unique_ptr<nn::BackendState>& state) const {
     record(g);
-    nn::simulated_backend().conv_grad_weight(geo, g, dw, state);
+    nn::simulated_backend().conv_grad_weight(geo, g, x, dw, state);
   }
 
  private:

@@ -71,17 +71,31 @@ class Model {
     architecture.validate();
     const Architecture& a = architecture;
     const Index k = a.kernel;
-    net_.emplace<nn::Conv2d<float>>(1, a.conv1_channels, k, 1, 0, init.substream(0));
+    convs_[0] = &net_.emplace<nn::Conv2d<float>>(1, a.conv1_channels, k, 1, 0, init.substream(0));
     net_.emplace<nn::ReLU<float>>();
     net_.emplace<nn::MaxPool2d<float>>(2);
-    net_.emplace<nn::Conv2d<float>>(a.conv1_channels, a.conv2_channels, k, 1, 0, init.substream(3));
+    convs_[1] = &net_.emplace<nn::Conv2d<float>>(a.conv1_channels, a.conv2_channels, k, 1, 0,
+                                                 init.substream(3));
     net_.emplace<nn::ReLU<float>>();
     net_.emplace<nn::MaxPool2d<float>>(2);
     net_.emplace<nn::Flatten<float>>();
-    net_.emplace<nn::Linear<float>>(a.conv2_channels * a.features_height() * a.features_width(),
-                                    a.hidden, init.substream(7));
+    linears_[0] = &net_.emplace<nn::Linear<float>>(
+        a.conv2_channels * a.features_height() * a.features_width(), a.hidden, init.substream(7));
     net_.emplace<nn::ReLU<float>>();
-    net_.emplace<nn::Linear<float>>(a.hidden, a.classes, init.substream(9));
+    linears_[1] = &net_.emplace<nn::Linear<float>>(a.hidden, a.classes, init.substream(9));
+  }
+
+  /// \brief What the convs keep for their backward passes in training (nn::Conv2d::set_columns).
+  void set_conv_columns(nn::ConvColumns columns) {
+    for (auto* conv : convs_) conv->set_columns(columns);
+  }
+  /// \brief The bytes the layers' caches hold between steps: X̂, Ŵ, the quantized gradients and
+  /// the backends' buffers (for conv, the whole batch's im2col columns unless recomputed).
+  std::size_t cache_bytes() const {
+    std::size_t bytes = 0;
+    for (const auto* conv : convs_) bytes += conv->cache_bytes();
+    for (const auto* linear : linears_) bytes += linear->cache_bytes();
+    return bytes;
   }
 
   /// \brief The layers (layer ids 0..9; parameters "0.weight", "0.bias", "3.weight", ...).
@@ -115,6 +129,8 @@ class Model {
  private:
   Architecture architecture_;
   nn::Sequential<float> net_;
+  nn::Conv2d<float>* convs_[2] = {};    // owned by net_
+  nn::Linear<float>* linears_[2] = {};  // owned by net_
 };
 
 /// \brief The architecture for images of `data`'s size, with the other sizes of `base`.

@@ -71,6 +71,8 @@ struct TrainOptions {
   std::uint64_t seed = 1;                ///< root of every random stream of the run
   Index eval_batch_size = 1000;          ///< samples per evaluation forward pass
   bool evaluate_every_epoch = true;      ///< test accuracy after each epoch (else only at the end)
+  /// What the convs keep for their backward passes: the whole batch's im2col columns, or only X̂
+  nn::ConvColumns conv_columns = nn::ConvColumns::Keep;
 
   /// \brief Throws std::invalid_argument naming the option unless the options are usable.
   void validate() const {
@@ -110,6 +112,9 @@ struct TrainResult {
   std::string divergence;           ///< where and why, when diverged
   double final_test_accuracy = -1;  ///< after the last epoch; −1 if not evaluable
   double final_train_loss = std::numeric_limits<double>::quiet_NaN();  ///< of the last epoch
+  /// The bytes the layers' caches hold between two training steps (Model::cache_bytes after the
+  /// first step of a full batch); 0 when no full batch ran
+  std::size_t cache_bytes = 0;
 
   /// \brief Mean wall time of the completed epochs' training steps.
   double seconds_per_epoch() const {
@@ -228,6 +233,7 @@ class TrainingRun {
     context_.policy = options.policy;
     context_.rng = seed_stream(options.seed, Stream::Noise);
     context_.training = true;
+    model.set_conv_columns(options.conv_columns);
   }
 
   /// \brief Trains every epoch, or until a non-finite value stops the run.
@@ -256,6 +262,7 @@ class TrainingRun {
       result.final_train_loss = result.epochs.back().train_loss;
     }
     result.final_test_accuracy = final_accuracy(result);
+    result.cache_bytes = cache_bytes_;
     return result;
   }
 
@@ -277,6 +284,7 @@ class TrainingRun {
       sums.correct += nn::count_correct(logits.value(), labels_);
       tape.backward(loss);
       sgd_.step();
+      if (cache_bytes_ == 0 && count == batch_) cache_bytes_ = model_.cache_bytes();
       sums.loss += static_cast<double>(loss.value()(0, 0)) * static_cast<double>(count);
       done += count;
       progress_.update(done, sums.loss / static_cast<double>(done),
@@ -336,6 +344,7 @@ class TrainingRun {
   Matrix images_;
   std::vector<int> labels_;
   std::uint64_t step_ = 0;
+  std::size_t cache_bytes_ = 0;
 };
 
 }  // namespace detail

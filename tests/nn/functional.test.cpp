@@ -422,7 +422,7 @@ TEST_CASE("A reused cache does not reallocate in the steady state", "[nn][linear
   auto conv_buffers = [&] {
     const auto& s = dynamic_cast<const ConvState&>(*cc.state);
     return std::vector<const float*>{s.columns.data(), cc.input.values().data(),
-                                     cc.weight.values().data(), s.chunk_columns[0].data(),
+                                     cc.weight.values().data(), s.thread_columns[0].data(),
                                      s.chunk_grad_weight[1].data()};
   };
   const std::vector<const float*> conv_pointers = conv_buffers();

@@ -60,7 +60,8 @@ Grads<Scalar> linear_step(const nn::QuantPolicy& policy, Index n, Index in, Inde
 
 template <class Scalar>
 Grads<Scalar> conv_step(const nn::QuantPolicy& policy, const nn::Conv2dGeometry& geo, Index n,
-                        double offset) {
+                        double offset, nn::ConvColumns columns = nn::ConvColumns::Keep,
+                        std::size_t* state_bytes = nullptr) {
   const Matrix<Scalar> x = (nn_test::random_matrix(n, geo.input_size(), 611).array() + offset)
                                .matrix()
                                .template cast<Scalar>();
@@ -70,11 +71,13 @@ Grads<Scalar> conv_step(const nn::QuantPolicy& policy, const nn::Conv2dGeometry&
   const Matrix<Scalar> g =
       nn_test::random_matrix(n, geo.output_size(), 614).template cast<Scalar>();
   nn::Conv2dCache<Scalar> cache;
+  cache.columns = columns;
   Grads<Scalar> r{Matrix<Scalar>(n, geo.output_size()), Matrix<Scalar>(n, geo.input_size()),
                   Matrix<Scalar>::Zero(geo.out_channels, geo.patch_size()),
                   Vector<Scalar>::Zero(geo.out_channels)};
   nn::conv2d_forward(x, w, b, geo, policy, cache, r.y);
   nn::conv2d_backward(g, cache, nn::gradient_streams(Philox(3), 4, 5), r.dx, r.dw, r.db);
+  if (state_bytes) *state_bytes = fqt::nn::detail::bytes_of(cache.state);
   return r;
 }
 
@@ -218,6 +221,42 @@ TEST_CASE("int8 results do not depend on the number of threads", "[nn][int8][thr
   CHECK(c1.y == c2.y);
   CHECK(c1.dx == c2.dx);
   CHECK(c1.dw == c2.dw);
+}
+
+TEST_CASE("conv layers that recompute their columns give the same bits and smaller state",
+          "[nn][int8][conv][memory]") {
+  std::vector<std::shared_ptr<const nn::Backend>> backends = int8_backends();
+  backends.push_back(nullptr);  // the simulated backend
+  const auto backend = GENERATE_COPY(from_range(backends));
+  const auto mode = GENERATE(nn::Mode::Exact, nn::Mode::QAT, nn::Mode::FQT);
+  // Unit stride (the int8 grad-input as a transposed convolution) and stride 2 (col2im).
+  const Index stride = GENERATE(1, 2);
+  CAPTURE(backend ? backend->name() : "simulated", nn::to_string(mode), stride);
+  nn::QuantPolicy policy = policy_for(fqt::QuantizerKind::BlockHouseholder,
+                                      fqt::QuantizerKind::PerChannel, 4, fqt::Grid::Auto);
+  policy.mode = mode;
+  policy.backend = backend;
+  const nn::Conv2dGeometry geo(3, 9, 9, 5, 3, stride, 1);
+  std::size_t keep_bytes = 0, small = 0, large = 0, large_keep = 0;
+  // 11 and 29 samples: pieces of 8 with a shorter last one.
+  const auto k11 = conv_step<float>(policy, geo, 11, 0.3, nn::ConvColumns::Keep, &keep_bytes);
+  const auto r11 = conv_step<float>(policy, geo, 11, 0.3, nn::ConvColumns::Recompute, &small);
+  const auto k29 = conv_step<float>(policy, geo, 29, 0.3, nn::ConvColumns::Keep, &large_keep);
+  const auto r29 = conv_step<float>(policy, geo, 29, 0.3, nn::ConvColumns::Recompute, &large);
+  for (const auto& [keep, recompute] : {std::pair(k11, r11), std::pair(k29, r29)}) {
+    CHECK(keep.y == recompute.y);
+    CHECK(keep.dx == recompute.dx);
+    CHECK(keep.dw == recompute.dw);
+    CHECK(keep.db == recompute.db);
+  }
+  // The whole batch's columns are gone: at least 29·(C·kh·kw)·(Ho·Wo) bytes (codes) less.
+  const std::size_t columns = std::size_t(29 * geo.patch_size() * geo.out_plane());
+  CHECK(large + columns <= large_keep);
+  CHECK(small < keep_bytes);
+  if (backend && mode == nn::Mode::FQT) {
+    // Every buffer of the integer path is sized by a piece of samples, not by the batch.
+    CHECK(small == large);
+  }
 }
 
 TEST_CASE("int8 backend: a feature contraction past the exact int32 bound throws",

@@ -51,10 +51,10 @@ class DequantizingBackend final : public nn::BackendFor<DequantizingBackend> {
   }
   template <class S>
   void conv_forward_impl(const nn::Conv2dGeometry& geo, const nn::Operand<S>& x,
-                         const nn::Operand<S>& w, fqt::MatrixRef<S> y,
+                         const nn::Operand<S>& w, fqt::MatrixRef<S> y, nn::ConvColumns columns,
                          std::unique_ptr<nn::BackendState>& state) const {
     Matrix<S> xs, ws;
-    nn::simulated_backend().conv_forward(geo, values(x, xs), values(w, ws), y, state);
+    nn::simulated_backend().conv_forward(geo, values(x, xs), values(w, ws), y, columns, state);
   }
   template <class S>
   void conv_grad_input_impl(const nn::Conv2dGeometry& geo, const nn::Operand<S>& g,
@@ -65,9 +65,12 @@ class DequantizingBackend final : public nn::BackendFor<DequantizingBackend> {
   }
   template <class S>
   void conv_grad_weight_impl(const nn::Conv2dGeometry& geo, const nn::Operand<S>& g,
-                             fqt::MatrixRef<S> dw, std::unique_ptr<nn::BackendState>& state) const {
-    Matrix<S> gs;
-    nn::simulated_backend().conv_grad_weight(geo, values(g, gs), dw, state);
+                             const nn::Operand<S>& x, fqt::MatrixRef<S> dw,
+                             std::unique_ptr<nn::BackendState>& state) const {
+    Matrix<S> gs, xs;
+    // x is Operand::none() unless the forward recomputes its columns.
+    const nn::Operand<S> input = x.rows() == 0 ? x : values(x, xs);
+    nn::simulated_backend().conv_grad_weight(geo, values(g, gs), input, dw, state);
   }
 
  private:

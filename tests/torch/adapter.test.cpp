@@ -174,6 +174,31 @@ TEST_CASE("torch::Conv2d on both engines agrees with fqt::nn::conv2d", "[torch]"
   CHECK(max_abs_diff(fqt_engine->bias.grad(), torch_engine->bias.grad()) < 1e-5);
 }
 
+TEST_CASE("torch::Conv2d on Engine::Fqt that recomputes its columns gives the same bits",
+          "[torch]") {
+  const auto policy = fqt_policy(fqt::QuantizerKind::BlockHouseholder, 4);
+  const auto options = torch::nn::Conv2dOptions(2, 3, 3).padding(1).stride(2);
+  torch::manual_seed(3);
+  const auto quantization = ft::Quantization(policy).with_engine(ft::Engine::Fqt).with_layer(5);
+  ft::Conv2d keep(options, quantization);
+  ft::Conv2d recompute(
+      options, ft::Quantization(quantization).with_conv_columns(nn::ConvColumns::Recompute));
+  {
+    torch::NoGradGuard no_grad;
+    recompute->weight.copy_(keep->weight);
+    recompute->bias.copy_(keep->bias);
+  }
+  const torch::Tensor x = torch::randn({5, 2, 7, 7}, torch::requires_grad());
+  const torch::Tensor x2 = x.detach().clone().requires_grad_();
+  const torch::Tensor y = keep(x), y2 = recompute(x2);
+  const torch::Tensor g = torch::randn_like(y);
+  y.backward(g);
+  y2.backward(g);
+  CHECK(torch::equal(y, y2));
+  CHECK(torch::equal(x.grad(), x2.grad()));
+  CHECK(torch::equal(keep->weight.grad(), recompute->weight.grad()));
+}
+
 namespace {
 
 // A small CNN of fqt::torch layers, in double.

@@ -28,6 +28,16 @@ inline int num_threads() {
 #endif
 }
 
+/// \brief The index of the calling thread in the current parallel region, in [0, num_threads())
+/// (0 outside a region and without OpenMP): selects a per-thread scratch buffer.
+inline int thread_index() {
+#ifdef _OPENMP
+  return omp_get_thread_num();
+#else
+  return 0;
+#endif
+}
+
 /// \brief Sets the number of threads of fqt's parallel loops (ignored without OpenMP).
 /// \param threads at least 1
 inline void set_num_threads(int threads) {

@@ -232,7 +232,9 @@ Variable<Scalar> linear(Tape<Scalar>& tape, const Variable<Scalar>& input,
 }
 
 /// \brief Differentiable 2-D convolution (see conv2d_forward/backward). The geometry's input
-/// channels and spatial size must match input.shape(); the output has shape (K, Ho, Wo).
+/// channels and spatial size must match input.shape(); the output has shape (K, Ho, Wo). A pass
+/// that records no backward (no operand requires a gradient) runs with ConvColumns::Recompute
+/// whatever the cache asks, since there is nothing to keep.
 template <class Scalar>
 Variable<Scalar> conv2d(Tape<Scalar>& tape, const Variable<Scalar>& input,
                         const Variable<Scalar>& weight, const Variable<Scalar>& bias,
@@ -250,13 +252,22 @@ Variable<Scalar> conv2d(Tape<Scalar>& tape, const Variable<Scalar>& input,
   cache->borrow_exact_operands = true;  // the recorded backward holds the weight
   Matrix<Scalar> out(input.batch(), geometry.output_size());
   const Vector<Scalar> no_bias;
-  if (bias.defined()) {
-    conv2d_forward(input.value(), weight.value(), detail::as_const_vector(bias.value()), geometry,
-                   policy, *cache, out);
-  } else {
-    conv2d_forward(input.value(), weight.value(), no_bias, geometry, policy, *cache, out);
-  }
   const bool needs_grad = input.requires_grad() || weight.requires_grad() || bias.requires_grad();
+  // A pass without a backward keeps nothing: its columns are built piece by piece.
+  const ConvColumns requested = cache->columns;
+  if (!needs_grad) cache->columns = ConvColumns::Recompute;
+  try {
+    if (bias.defined()) {
+      conv2d_forward(input.value(), weight.value(), detail::as_const_vector(bias.value()), geometry,
+                     policy, *cache, out);
+    } else {
+      conv2d_forward(input.value(), weight.value(), no_bias, geometry, policy, *cache, out);
+    }
+  } catch (...) {
+    cache->columns = requested;
+    throw;
+  }
+  cache->columns = requested;
   Variable<Scalar> output(
       std::move(out),
       FeatureShape{geometry.out_channels, geometry.out_height(), geometry.out_width()}, needs_grad);

@@ -15,8 +15,10 @@
 /// A new backend derives from `BackendFor<Derived>` and defines the six products as member
 /// templates over Scalar (see fqt/nn/backends/simulated.hpp).
 
+#include <cstddef>
 #include <cstdint>
 #include <memory>
+#include <vector>
 
 #include "fqt/core/matrix.hpp"
 #include "fqt/nn/geometry.hpp"
@@ -27,6 +29,23 @@ namespace nn {
 
 /// \brief The element type of the codes the products consume (every policy bit width is ≤ 8).
 using Code = std::uint8_t;
+
+/// \brief What a conv layer keeps of its input for the grad-weight product, between the forward
+/// pass and the backward pass.
+enum class ConvColumns {
+  /// The im2col columns of the whole batch (C·kh·kw × Ho·Wo per sample: about kh·kw/stride² times
+  /// the input), built once in the forward pass.
+  Keep,
+  /// Only the input (X̂, as the layer stores it anyway in the quantized modes): the forward and the
+  /// grad-weight product build the columns a few samples at a time into buffers whose size does
+  /// not grow with the batch. Bit-identical results; the backward pays one more im2col.
+  Recompute
+};
+
+/// \brief "keep" or "recompute".
+inline const char* to_string(ConvColumns c) {
+  return c == ConvColumns::Keep ? "keep" : "recompute";
+}
 
 /// \brief One operand of a product: the codes of a quantized matrix, or a matrix of values.
 /// A view: it owns nothing and must not outlive what it refers to.
@@ -58,6 +77,8 @@ class Operand {
     FQT_ASSERT(coded());
     return *codes_;
   }
+  /// \brief A 0 × 0 operand of values: what a product receives for an operand it does not read.
+  static Operand none() { return Operand(0, 0); }
   /// \brief The values; only when !coded().
   Values value() const {
     FQT_ASSERT(!coded());
@@ -78,6 +99,8 @@ class Operand {
 class BackendState {
  public:
   virtual ~BackendState() = default;
+  /// \brief The bytes this state holds (its buffers' sizes; what stays allocated between passes).
+  virtual std::size_t bytes() const = 0;
 
   /// \brief The state of type T in `slot`, created when the slot is empty or holds another
   /// backend's state.
@@ -88,6 +111,36 @@ class BackendState {
     return static_cast<T&>(*slot);
   }
 };
+
+namespace detail {
+/// \brief The bytes of a buffer (its capacity), of an Eigen matrix, of codes with their maps, of
+/// a backend state; `bytes_total` sums them.
+template <class T>
+std::size_t bytes_of(const std::vector<T>& v) {
+  return v.capacity() * sizeof(T);
+}
+template <class T, int R, int C, int O, int MR, int MC>
+std::size_t bytes_of(const Eigen::Matrix<T, R, C, O, MR, MC>& m) {
+  return static_cast<std::size_t>(m.size()) * sizeof(T);
+}
+template <class Scalar, class C>
+std::size_t bytes_of(const Quantized<Scalar, C>& q) {
+  return bytes_of(q.codes) + bytes_of(q.scale) + bytes_of(q.zero_point);
+}
+inline std::size_t bytes_of(const std::unique_ptr<BackendState>& state) {
+  return state ? state->bytes() : 0;
+}
+template <class T, int R, int C, int O, int MR, int MC>
+std::size_t bytes_of(const std::vector<Eigen::Matrix<T, R, C, O, MR, MC>>& v) {
+  std::size_t sum = 0;
+  for (const auto& m : v) sum += bytes_of(m);
+  return sum;
+}
+template <class... T>
+std::size_t bytes_total(const T&... buffers) {
+  return (std::size_t{0} + ... + bytes_of(buffers));
+}
+}  // namespace detail
 
 /// \brief The six products for one Scalar type. Shapes: linear X is N × in, W out × in, G N × out;
 /// conv X is N × (C·H·W), W K × (C·kh·kw), G N × (K·Ho·Wo). Every operand has been checked
@@ -108,19 +161,21 @@ class BackendProducts {
   virtual void linear_grad_weight(const Operand<Scalar>& g, const Operand<Scalar>& x,
                                   MatrixRef<Scalar> dw,
                                   std::unique_ptr<BackendState>& state) const = 0;
-  /// \brief y_n = w·im2col(x_n) for every sample n (overwrites y); keeps in `state` what
-  /// conv_grad_weight needs of x.
+  /// \brief y_n = w·im2col(x_n) for every sample n (overwrites y); with ConvColumns::Keep, keeps
+  /// in `state` the columns conv_grad_weight needs, with Recompute only buffers that do not grow
+  /// with the batch.
   virtual void conv_forward(const Conv2dGeometry& geometry, const Operand<Scalar>& x,
-                            const Operand<Scalar>& w, MatrixRef<Scalar> y,
+                            const Operand<Scalar>& w, MatrixRef<Scalar> y, ConvColumns columns,
                             std::unique_ptr<BackendState>& state) const = 0;
   /// \brief dx_n = col2im(wᵀ·g_n) for every sample n (overwrites dx).
   virtual void conv_grad_input(const Conv2dGeometry& geometry, const Operand<Scalar>& g,
                                const Operand<Scalar>& w, MatrixRef<Scalar> dx,
                                std::unique_ptr<BackendState>& state) const = 0;
   /// \brief dw += Σ_n g_n·im2col(x_n)ᵀ with x the input of the last conv_forward on `state`
-  /// (accumulates into dw).
+  /// (accumulates into dw). `x` is that input when the forward ran with ConvColumns::Recompute
+  /// (the product builds the columns again from it), Operand::none() when it kept them.
   virtual void conv_grad_weight(const Conv2dGeometry& geometry, const Operand<Scalar>& g,
-                                MatrixRef<Scalar> dw,
+                                const Operand<Scalar>& x, MatrixRef<Scalar> dw,
                                 std::unique_ptr<BackendState>& state) const = 0;
 };
 
@@ -163,9 +218,9 @@ class ProductsFor : public virtual Backend {
     self().template linear_grad_weight_impl<Scalar>(g, x, dw, state);
   }
   void conv_forward(const Conv2dGeometry& geometry, const Operand<Scalar>& x,
-                    const Operand<Scalar>& w, MatrixRef<Scalar> y,
+                    const Operand<Scalar>& w, MatrixRef<Scalar> y, ConvColumns columns,
                     std::unique_ptr<BackendState>& state) const override {
-    self().template conv_forward_impl<Scalar>(geometry, x, w, y, state);
+    self().template conv_forward_impl<Scalar>(geometry, x, w, y, columns, state);
   }
   void conv_grad_input(const Conv2dGeometry& geometry, const Operand<Scalar>& g,
                        const Operand<Scalar>& w, MatrixRef<Scalar> dx,
@@ -173,8 +228,9 @@ class ProductsFor : public virtual Backend {
     self().template conv_grad_input_impl<Scalar>(geometry, g, w, dx, state);
   }
   void conv_grad_weight(const Conv2dGeometry& geometry, const Operand<Scalar>& g,
-                        MatrixRef<Scalar> dw, std::unique_ptr<BackendState>& state) const override {
-    self().template conv_grad_weight_impl<Scalar>(geometry, g, dw, state);
+                        const Operand<Scalar>& x, MatrixRef<Scalar> dw,
+                        std::unique_ptr<BackendState>& state) const override {
+    self().template conv_grad_weight_impl<Scalar>(geometry, g, x, dw, state);
   }
 };
 }  // namespace detail

@@ -146,6 +146,8 @@ class Linear : public Module<Scalar> {
                   this->streams(context), detail::free_cache(cache_));
   }
   std::string name() const override { return "Linear"; }
+  /// \brief The bytes the layer's cache holds between steps (operands, the backend's state).
+  std::size_t cache_bytes() const { return cache_ ? cache_->bytes() : 0; }
   std::vector<Parameter<Scalar>> parameters() const override {
     std::vector<Parameter<Scalar>> p{{"weight", weight_, true}};
     if (bias_.defined()) p.push_back({"bias", bias_, false});
@@ -197,10 +199,20 @@ class Conv2d : public Module<Scalar> {
           " channels, expected in_channels = ", in_channels_);
     const Conv2dGeometry g(in_channels_, s.height, s.width, out_channels_, kernel_, stride_,
                            padding_);
+    std::shared_ptr<Conv2dCache<Scalar>> cache = detail::free_cache(cache_);
+    // Outside training nothing needs the columns later (a backward pass still gets the same bits).
+    cache->columns = context.training ? columns_ : ConvColumns::Recompute;
     return conv2d(tape, input, weight_, bias_, g, this->resolve_policy(context),
-                  this->streams(context), detail::free_cache(cache_));
+                  this->streams(context), std::move(cache));
   }
   std::string name() const override { return "Conv2d"; }
+  /// \brief What the layer keeps of its input for the backward pass in training (see
+  /// Conv2dCache::columns): the whole batch's im2col columns (Keep, the default) or only X̂
+  /// (Recompute). Passes with Context::training false always recompute.
+  void set_columns(ConvColumns columns) { columns_ = columns; }
+  ConvColumns columns() const { return columns_; }
+  /// \brief The bytes the layer's cache holds between steps (operands, the backend's state).
+  std::size_t cache_bytes() const { return cache_ ? cache_->bytes() : 0; }
   std::vector<Parameter<Scalar>> parameters() const override {
     std::vector<Parameter<Scalar>> p{{"weight", weight_, true}};
     if (bias_.defined()) p.push_back({"bias", bias_, false});
@@ -218,6 +230,7 @@ class Conv2d : public Module<Scalar> {
  private:
   Index in_channels_, out_channels_, kernel_, stride_, padding_;
   Variable<Scalar> weight_, bias_;
+  ConvColumns columns_ = ConvColumns::Keep;
   std::shared_ptr<Conv2dCache<Scalar>> cache_;
 };
 

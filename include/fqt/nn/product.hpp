@@ -87,6 +87,9 @@ class OperandStore {
   /// \brief True when the store refers to a caller's matrix (borrow) instead of owning a copy.
   bool borrowed() const { return borrowed_; }
 
+  /// \brief The bytes the store owns (its codes and maps, its values; not a borrowed matrix).
+  std::size_t bytes() const { return detail::bytes_total(codes_, values_); }
+
   /// \brief True when the store holds codes.
   bool coded() const { return coded_; }
   /// \brief The operand, for a backend.

@@ -124,6 +124,7 @@ template <class Scalar>
     g.validate(kWhere);
     y = ::torch::empty({n, k, g.out_height(), g.out_width()}, x.options());
     Vector<Scalar> no_bias;
+    ws->conv.columns = state.quantization().conv_columns;
     nn::conv2d_forward<Scalar>(
         const_matrix<Scalar>(x, n, g.input_size()), const_matrix<Scalar>(w, k, g.patch_size()),
         b.defined() ? VectorCRef<Scalar>(Eigen::Map<const Vector<Scalar>>(b.data_ptr<Scalar>(), k))

@@ -61,6 +61,8 @@ struct Quantization {
   /// The layer's id in its streams; negative: the next of a process-wide counter, in
   /// construction order (the same model built the same way gets the same ids)
   std::int64_t layer = -1;
+  /// What an Engine::Fqt convolution keeps for its backward pass (nn::Conv2dCache::columns)
+  nn::ConvColumns conv_columns = nn::ConvColumns::Keep;
 
   Quantization() = default;
   /// \brief The given policy, the other knobs at their defaults.
@@ -76,6 +78,12 @@ struct Quantization {
   }
   Quantization& with_layer(std::int64_t id) {
     layer = id;
+    return *this;
+  }
+  /// Engine::Fqt convolutions: keep the whole batch's im2col columns or recompute them in the
+  /// backward pass (nn::Conv2dCache::columns)
+  Quantization& with_conv_columns(nn::ConvColumns c) {
+    conv_columns = c;
     return *this;
   }
 };

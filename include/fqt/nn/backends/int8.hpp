@@ -158,22 +158,22 @@ class Int8Backend final : public BackendFor<Int8Backend> {
 
   template <class Scalar>
   void conv_forward_impl(const Conv2dGeometry& geo, const Operand<Scalar>& x,
-                         const Operand<Scalar>& w, MatrixRef<Scalar> y,
+                         const Operand<Scalar>& w, MatrixRef<Scalar> y, ConvColumns keep,
                          std::unique_ptr<BackendState>& slot) const {
     auto& state = BackendState::of<ConvState<Scalar>>(slot);
     state.coded = x.coded() && w.coded();
-    if (!state.coded) return simulated_backend().conv_forward(geo, x, w, y, state.fallback);
+    if (!state.coded) return simulated_backend().conv_forward(geo, x, w, y, keep, state.fallback);
     constexpr const char* kWhere = "nn::Int8Backend::conv_forward";
     const auto &qx = x.quantized(), &qw = w.quantized();
     const Index n = qx.rows(), k = geo.out_channels, patch = geo.patch_size();
-    const Index plane = geo.out_plane(), wide = n * plane;
+    const Index plane = geo.out_plane();
     detail::check_depth(patch, qw.bits, kWhere, "Q_f(W)·im2col(Q_f(X))");
-    detail::columns(geo, qx, state);
-    // A = Ŵ (k × patch) for every sample, B_s = columns of sample s (patch × plane).
-    GemmShape shape{n, k, plane, patch, {0, patch, 1}, {plane, wide, 1}, {k * plane, plane, 1}};
-    detail::ensure_size(state.s, n * k * plane);
-    engine_->multiply(shape, qw.codes.data(), state.cols.data(), state.s.data(), state.plans[0]);
-    const auto [sx, zx] = detail::map_at(qx, 0, 0);
+    state.kept = keep == ConvColumns::Keep;
+    if (!state.kept) {
+      // Give back the whole batch's columns a Keep pass left behind.
+      const auto need = static_cast<std::size_t>(patch * std::min(n, detail::kColumnPiece) * plane);
+      if (state.cols.capacity() > need) detail::release(state.cols);
+    }
     auto& e = state.epilogue;
     detail::rows_of(
         qw, k, [](Index) { return std::pair<Index, Index>(0, 0); }, e);
@@ -181,13 +181,26 @@ class Int8Backend final : public BackendFor<Int8Backend> {
     detail::ensure_size(e.col_scale, plane);
     detail::ensure_size(e.col_shift, plane);
     detail::ensure_size(e.col_sum, plane);
-    e.col_scale.setConstant(sx);
-    e.col_shift.setConstant(128.0 - zx);
-    for (Index s = 0; s < n; ++s) {
-      for (Index p = 0; p < plane; ++p)
-        e.col_sum(p) = double(state.col_sums(s * plane + p)) - double(patch) * zx;
-      e.apply(state.s.data() + s * k * plane, plane, y.data() + s * y.outerStride(), plane, false,
-              patch, detail::max_code(qw));
+    // Keep: the whole batch's columns and one GEMM; Recompute: pieces of kColumnPiece samples.
+    const Index piece = state.kept ? n : std::min(n, detail::kColumnPiece);
+    for (Index start = 0; start < n; start += piece) {
+      const Index count = std::min(piece, n - start), wide = count * plane;
+      detail::columns(geo, qx, start, count, state);
+      // A = Ŵ (k × patch) for every sample, B_s = columns of sample s (patch × plane).
+      GemmShape shape{
+          count, k, plane, patch, {0, patch, 1}, {plane, wide, 1}, {k * plane, plane, 1}};
+      detail::ensure_size(state.s, count * k * plane);
+      engine_->multiply(shape, qw.codes.data(), state.cols.data(), state.s.data(),
+                        count == piece ? state.plans[0] : state.tail_plans[0]);
+      const auto [sx, zx] = detail::map_at(qx, 0, 0);
+      e.col_scale.setConstant(sx);
+      e.col_shift.setConstant(128.0 - zx);
+      for (Index s = 0; s < count; ++s) {
+        for (Index p = 0; p < plane; ++p)
+          e.col_sum(p) = double(state.col_sums(s * plane + p)) - double(patch) * zx;
+        e.apply(state.s.data() + s * k * plane, plane, y.data() + (start + s) * y.outerStride(),
+                plane, false, patch, detail::max_code(qw));
+      }
     }
     if (state.pad_error != 0) {
       detail::forward_pad_term(geo, qw, state);
@@ -208,42 +221,51 @@ class Int8Backend final : public BackendFor<Int8Backend> {
     constexpr const char* kWhere = "nn::Int8Backend::conv_grad_input";
     const auto &qg = g.quantized(), &qw = w.quantized();
     detail::require_factoring(qg, 1, kWhere, "Q_b1(G)");
+    // Keep: the whole batch in one GEMM; Recompute: pieces of kColumnPiece samples.
+    const Index n = qg.rows(), piece = state.kept ? n : std::min(n, detail::kColumnPiece);
     if (detail::transposes_directly(geo)) {
-      return detail::transposed_grad_input(*engine_, geo, qg, qw, dx, state.transposed, state.s,
-                                           state.plans[1], state.epilogue);
+      return detail::transposed_grad_input(*engine_, geo, qg, qw, dx, piece, state.transposed,
+                                           state.s, state.plans[1], state.tail_plans[1],
+                                           state.epilogue);
     }
     // Other strides: the column gradient Ŵᵀ·Q_b1(G), then col2im.
-    const Index n = qg.rows(), k = geo.out_channels, patch = geo.patch_size();
+    const Index k = geo.out_channels, patch = geo.patch_size();
     const Index plane = geo.out_plane();
     detail::check_depth(k, qw.bits, kWhere, "Ŵᵀ·Q_b1(G)");
-    detail::ensure_size(state.g, n * k * plane);
-    detail::shift_to_signed(qg.codes.data(), n * k * plane, state.g.data());
-    // A = Ŵᵀ (patch × k) for every sample, B_s = G_s (k × plane).
-    GemmShape shape{
-        n, patch, plane, k, {0, 1, patch}, {k * plane, plane, 1}, {patch * plane, plane, 1}};
-    detail::ensure_size(state.s, n * patch * plane);
-    engine_->multiply(shape, qw.codes.data(), state.g.data(), state.s.data(), state.plans[1]);
     auto& e = state.epilogue;
     detail::rows_of(
         qw, patch, [](Index) { return std::pair<Index, Index>(0, 0); }, e);
     detail::column_sums(qw.codes.data(), k, patch, patch, state.sums, e.row_sum);
     detail::ensure_size(state.dcols, patch * plane);
-    for (Index s = 0; s < n; ++s) {
-      const auto [sg, zg] = detail::map_at(qg, s, 0);
-      detail::ensure_size(e.col_scale, plane);
-      detail::ensure_size(e.col_shift, plane);
-      detail::ensure_size(e.col_sum, plane);
-      e.col_scale.setConstant(sg);
-      e.col_shift.setConstant(128.0 - zg);
-      const Code* gs = qg.codes.data() + s * k * plane;
-      detail::column_sums(gs, k, plane, plane, state.sums);
-      for (Index p = 0; p < plane; ++p)
-        e.col_sum(p) = double(state.sums[static_cast<std::size_t>(p)]) - double(k) * zg;
-      e.apply(state.s.data() + s * patch * plane, plane, state.dcols.data(), plane, false, k,
-              detail::max_code(qw));
-      Scalar* xs = dx.data() + s * dx.outerStride();
-      std::fill(xs, xs + geo.input_size(), Scalar(0));
-      detail::col2im_add(state.dcols.data(), geo, xs);
+    detail::ensure_size(e.col_scale, plane);
+    detail::ensure_size(e.col_shift, plane);
+    detail::ensure_size(e.col_sum, plane);
+    for (Index first = 0; first < n; first += piece) {
+      const Index count = std::min(piece, n - first);
+      detail::ensure_size(state.g, count * k * plane);
+      detail::shift_to_signed(qg.codes.data() + first * k * plane, count * k * plane,
+                              state.g.data());
+      // A = Ŵᵀ (patch × k) for every sample, B_s = G_s (k × plane).
+      GemmShape shape{
+          count, patch, plane, k, {0, 1, patch}, {k * plane, plane, 1}, {patch * plane, plane, 1}};
+      detail::ensure_size(state.s, count * patch * plane);
+      engine_->multiply(shape, qw.codes.data(), state.g.data(), state.s.data(),
+                        count == piece ? state.plans[1] : state.tail_plans[1]);
+      for (Index local = 0; local < count; ++local) {
+        const Index s = first + local;
+        const auto [sg, zg] = detail::map_at(qg, s, 0);
+        e.col_scale.setConstant(sg);
+        e.col_shift.setConstant(128.0 - zg);
+        const Code* gs = qg.codes.data() + s * k * plane;
+        detail::column_sums(gs, k, plane, plane, state.sums);
+        for (Index p = 0; p < plane; ++p)
+          e.col_sum(p) = double(state.sums[static_cast<std::size_t>(p)]) - double(k) * zg;
+        e.apply(state.s.data() + local * patch * plane, plane, state.dcols.data(), plane, false, k,
+                detail::max_code(qw));
+        Scalar* xs = dx.data() + s * dx.outerStride();
+        std::fill(xs, xs + geo.input_size(), Scalar(0));
+        detail::col2im_add(state.dcols.data(), geo, xs);
+      }
     }
     if (qg.transform) {
       // T⁻¹(Z) feeds a map linear per row: apply T⁻¹'s linear part to the result rows, then add
@@ -265,49 +287,88 @@ class Int8Backend final : public BackendFor<Int8Backend> {
 
   template <class Scalar>
   void conv_grad_weight_impl(const Conv2dGeometry& geo, const Operand<Scalar>& g,
-                             MatrixRef<Scalar> dw, std::unique_ptr<BackendState>& slot) const {
+                             const Operand<Scalar>& x, MatrixRef<Scalar> dw,
+                             std::unique_ptr<BackendState>& slot) const {
     auto& state = BackendState::of<ConvState<Scalar>>(slot);
-    if (!state.coded) return simulated_backend().conv_grad_weight(geo, g, dw, state.fallback);
+    if (!state.coded) return simulated_backend().conv_grad_weight(geo, g, x, dw, state.fallback);
     const Index n = g.rows(), k = geo.out_channels, patch = geo.patch_size();
     const Index plane = geo.out_plane(), wide = n * plane;
-    if (!g.coded()) return detail::float_conv_grad_weight(geo, g, dw, state);
+    // Recompute: the columns are built again, piece by piece, from X̂'s codes.
+    const Quantized<Scalar, Code>* qx = state.kept ? nullptr : &x.quantized();
+    if (!g.coded()) return detail::float_conv_grad_weight(geo, g, qx, dw, state);
     constexpr const char* kWhere = "nn::Int8Backend::conv_grad_weight";
     const auto& qg = g.quantized();
     detail::require_factoring(qg, 0, kWhere, "Q_b2(G)");
     check(qg.granularity != Granularity::PerColumn, kWhere,
           "Q_b2(G) has one scale per (k, oy, ox), which varies along the contraction");
     detail::check_depth(plane, qg.bits, kWhere, "one sample of Q_b2(G)·im2col(X̂)ᵀ");
-    // G's codes channel-major, (k, s, p), so that one GEMM contracts over (s, p).
-    detail::ensure_size(state.gk, k * wide);
-    for (Index s = 0; s < n; ++s)
-      for (Index c = 0; c < k; ++c)
-        std::copy_n(qg.codes.data() + (s * k + c) * plane, plane,
-                    state.gk.data() + c * wide + s * plane);
     auto& e = state.epilogue;
     detail::rows_of(
         qg, k, [plane](Index c) { return std::pair<Index, Index>(0, c * plane); }, e);
-    detail::ensure_size(state.s, k * patch);
-    const Index samples = std::max<Index>(1, max_exact_depth((1 << qg.bits) - 1) / plane);
-    for (Index start = 0; start < n; start += samples) {
-      const Index count = std::min(samples, n - start), depth = count * plane;
-      // A = G (k × depth), B = columnsᵀ (depth × patch).
-      GemmShape shape{1, k, patch, depth, {0, wide, 1}, {0, 1, wide}, {0, patch, 1}};
-      engine_->multiply(shape, state.gk.data() + start * plane, state.cols.data() + start * plane,
-                        state.s.data(), state.plans[2]);
-      detail::row_sums(state.gk.data() + start * plane, k, depth, wide, 1, e.row_sum);
-      detail::ensure_size(e.col_scale, patch);
-      detail::ensure_size(e.col_shift, patch);
-      detail::ensure_size(e.col_sum, patch);
-      e.col_scale.setConstant(state.sx);
-      e.col_shift.setConstant(128.0 - state.zx);
-      for (Index t = 0; t < patch; ++t) {
-        std::int64_t sum = 0;
-        const std::int8_t* row = state.cols.data() + t * wide + start * plane;
-        for (Index j = 0; j < depth; ++j) sum += row[j] + 128;
-        e.col_sum(t) = double(sum) - double(depth) * state.zx;
+    // Groups of samples whose int32 sum is exact, one epilogue each; Recompute splits a group
+    // into pieces of kColumnPiece samples and adds their int32 GEMMs and code sums exactly, so
+    // that both give the same bits.
+    const Index group =
+        std::min(n, std::max<Index>(1, max_exact_depth((1 << qg.bits) - 1) / plane));
+    const Index piece = state.kept ? group : std::min(group, detail::kColumnPiece);
+    detail::ensure_size(e.col_scale, patch);
+    detail::ensure_size(e.col_shift, patch);
+    detail::ensure_size(e.col_sum, patch);
+    e.col_scale.setConstant(state.sx);
+    e.col_shift.setConstant(128.0 - state.zx);
+    detail::ensure_size(state.g_sums, k);
+    detail::ensure_size(state.column_code_sums, patch);
+    for (Index start = 0; start < n; start += group) {
+      const Index count = std::min(group, n - start), depth = count * plane;
+      const bool summed = piece < count;  // several pieces: their GEMMs are added in s_sum
+      std::fill(state.g_sums.begin(), state.g_sums.end(), 0);
+      std::fill(state.column_code_sums.begin(), state.column_code_sums.end(), 0);
+      for (Index first = start; first < start + count; first += piece) {
+        const Index size = std::min(piece, start + count - first), span = size * plane;
+        // The piece's G codes channel-major, (k, s, p), so that one GEMM contracts over (s, p).
+        detail::ensure_size(state.gk, k * span);
+        for (Index s = 0; s < size; ++s)
+          for (Index c = 0; c < k; ++c)
+            std::copy_n(qg.codes.data() + ((first + s) * k + c) * plane, plane,
+                        state.gk.data() + c * span + s * plane);
+        if (!state.kept) detail::columns(geo, *qx, first, size, state);
+        // The piece's columns: at sample `first` of the whole batch's, or its own.
+        const std::int8_t* cols = state.cols.data() + (state.kept ? first * plane : 0);
+        const Index ldc = state.kept ? wide : span;
+        // A = G (k × span), B = columnsᵀ (span × patch).
+        GemmShape shape{1, k, patch, span, {0, span, 1}, {0, 1, ldc}, {0, patch, 1}};
+        detail::ensure_size(state.s, k * patch);
+        if (summed && first == start) {
+          detail::ensure_size(state.s_sum, k * patch);
+          std::fill(state.s_sum.begin(), state.s_sum.end(), 0);
+        }
+        engine_->multiply(shape, state.gk.data(), cols, state.s.data(),
+                          size == piece ? state.plans[2] : state.tail_plans[2]);
+        if (summed) {
+          for (std::size_t i = 0; i < state.s.size(); ++i) state.s_sum[i] += state.s[i];
+        }
+        for (Index c = 0; c < k; ++c) {
+          const Code* row = state.gk.data() + c * span;
+          std::int64_t sum = 0;
+          for (Index j = 0; j < span; ++j) sum += row[j];
+          state.g_sums[static_cast<std::size_t>(c)] += sum;
+        }
+        for (Index t = 0; t < patch; ++t) {
+          std::int64_t sum = 0;
+          const std::int8_t* row = cols + t * ldc;
+          for (Index j = 0; j < span; ++j) sum += row[j] + 128;
+          state.column_code_sums[static_cast<std::size_t>(t)] += sum;
+        }
       }
-      e.apply(state.s.data(), patch, dw.data(), dw.outerStride(), true, depth,
-              detail::max_code(qg));
+      detail::ensure_size(e.row_sum, k);
+      for (Index c = 0; c < k; ++c)
+        e.row_sum(c) = double(state.g_sums[static_cast<std::size_t>(c)]);
+      for (Index t = 0; t < patch; ++t) {
+        e.col_sum(t) =
+            double(state.column_code_sums[static_cast<std::size_t>(t)]) - double(depth) * state.zx;
+      }
+      e.apply(summed ? state.s_sum.data() : state.s.data(), patch, dw.data(), dw.outerStride(),
+              true, depth, detail::max_code(qg));
     }
     if (state.pad_error != 0) detail::subtract_grad_weight_pad_term(geo, qg, dw, state);
   }

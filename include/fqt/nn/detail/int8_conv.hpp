@@ -71,9 +71,9 @@ inline void pad_channel(const Code* src, const Conv2dGeometry& g, const Transpos
 template <class Scalar>
 void transposed_grad_input(const IntegerGemm& engine, const Conv2dGeometry& geo,
                            const Quantized<Scalar, Code>& qg, const Quantized<Scalar, Code>& qw,
-                           MatrixRef<Scalar> dx, TransposedState<Scalar>& state,
+                           MatrixRef<Scalar> dx, Index piece, TransposedState<Scalar>& state,
                            std::vector<std::int32_t>& s, std::unique_ptr<GemmPlan>& plan,
-                           Epilogue<Scalar>& e) {
+                           std::unique_ptr<GemmPlan>& tail_plan, Epilogue<Scalar>& e) {
   const Index n = qg.rows(), k = geo.out_channels, c = geo.in_channels;
   const Index kh = geo.kernel_height, kw = geo.kernel_width, taps = kh * kw, depth = k * taps;
   const Index plane = geo.out_plane(), image = geo.in_height * geo.in_width;
@@ -93,24 +93,6 @@ void transposed_grad_input(const IntegerGemm& engine, const Conv2dGeometry& geo,
   rows_of(
       qw, c, [](Index) { return std::pair<Index, Index>(0, 0); }, e);
   row_sums(state.flipped.data(), c, depth, depth, 1, e.row_sum);
-
-  // B_s: tap (o, i', j') of wide position q is the padded G_s at o·channel + i'·Wp + j' + q.
-  ensure_size(state.padded, k * channel);
-  ensure_size(state.columns, n * depth * wide);
-  for (Index smp = 0; smp < n; ++smp) {
-    const Code* g = qg.codes.data() + smp * k * plane;
-    for (Index o = 0; o < k; ++o)
-      pad_channel(g + o * plane, geo, t, state.padded.data() + o * channel);
-    std::int8_t* cols = state.columns.data() + smp * depth * wide;
-    for (Index o = 0; o < k; ++o)
-      for (Index i = 0; i < kh; ++i)
-        for (Index j = 0; j < kw; ++j)
-          std::copy_n(state.padded.data() + o * channel + i * t.width + j, wide,
-                      cols + ((o * kh + i) * kw + j) * wide);
-  }
-  GemmShape shape{n, c, wide, depth, {0, depth, 1}, {depth * wide, wide, 1}, {c * wide, wide, 1}};
-  ensure_size(s, n * c * wide);
-  engine.multiply(shape, state.flipped.data(), state.columns.data(), s.data(), plan);
 
   // Σ_o Ŵ' per tap, and the padded 1/0 image: V = per_tap · (taps of 1 − inside).
   state.per_tap.resize(c, taps);
@@ -137,41 +119,67 @@ void transposed_grad_input(const IntegerGemm& engine, const Conv2dGeometry& geo,
           state.per_tap.col(r) * (Scalar(1) - tap_row(state.inside.data(), r).array()).matrix();
   }
 
-  // Per sample: the epilogue over the wide positions, V's share, then the W valid columns.
+  // B_s: tap (o, i', j') of wide position q is the padded G_s at o·channel + i'·Wp + j' + q.
+  // Pieces of `piece` samples: the columns of one piece at a time.
+  ensure_size(state.padded, k * channel);
   ensure_size(state.tap_sum, channel);
   ensure_size(state.code_sum, wide);
   ensure_size(state.wide, c * wide);
   ensure_size(e.col_scale, wide);
   ensure_size(e.col_shift, wide);
   ensure_size(e.col_sum, wide);
-  for (Index smp = 0; smp < n; ++smp) {
-    const auto [sg, zg] = map_at(qg, smp, 0);
-    const Code* g = qg.codes.data() + smp * k * plane;
-    std::fill(state.tap_sum.begin(), state.tap_sum.end(), 0);
-    for (Index o = 0; o < k; ++o) {
-      const Code* ch = g + o * plane;
-      for (Index y = 0; y < geo.out_height(); ++y) {
-        std::int32_t* row = state.tap_sum.data() + (y + t.pad_top) * t.width + t.pad_left;
-        for (Index x = 0; x < geo.out_width(); ++x) row[x] += ch[y * geo.out_width() + x];
+  for (Index first = 0; first < n; first += piece) {
+    const Index count = std::min(piece, n - first);
+    ensure_size(state.columns, count * depth * wide);
+    for (Index smp = 0; smp < count; ++smp) {
+      const Code* g = qg.codes.data() + (first + smp) * k * plane;
+      for (Index o = 0; o < k; ++o)
+        pad_channel(g + o * plane, geo, t, state.padded.data() + o * channel);
+      std::int8_t* cols = state.columns.data() + smp * depth * wide;
+      for (Index o = 0; o < k; ++o)
+        for (Index i = 0; i < kh; ++i)
+          for (Index j = 0; j < kw; ++j)
+            std::copy_n(state.padded.data() + o * channel + i * t.width + j, wide,
+                        cols + ((o * kh + i) * kw + j) * wide);
+    }
+    GemmShape shape{
+        count, c, wide, depth, {0, depth, 1}, {depth * wide, wide, 1}, {c * wide, wide, 1}};
+    ensure_size(s, count * c * wide);
+    engine.multiply(shape, state.flipped.data(), state.columns.data(), s.data(),
+                    count == piece ? plan : tail_plan);
+
+    // Per sample: the epilogue over the wide positions, V's share, then the W valid columns.
+    for (Index local = 0; local < count; ++local) {
+      const Index smp = first + local;
+      const auto [sg, zg] = map_at(qg, smp, 0);
+      const Code* g = qg.codes.data() + smp * k * plane;
+      std::fill(state.tap_sum.begin(), state.tap_sum.end(), 0);
+      for (Index o = 0; o < k; ++o) {
+        const Code* ch = g + o * plane;
+        for (Index y = 0; y < geo.out_height(); ++y) {
+          std::int32_t* row = state.tap_sum.data() + (y + t.pad_top) * t.width + t.pad_left;
+          for (Index x = 0; x < geo.out_width(); ++x) row[x] += ch[y * geo.out_width() + x];
+        }
       }
+      std::fill(state.code_sum.begin(), state.code_sum.end(), 0);
+      for (Index r = 0; r < taps; ++r) {
+        const std::int32_t* src = state.tap_sum.data() + (r / kw) * t.width + r % kw;
+        for (Index q = 0; q < wide; ++q) state.code_sum[static_cast<std::size_t>(q)] += src[q];
+      }
+      e.col_scale.setConstant(sg);
+      e.col_shift.setConstant(128.0 - zg);
+      for (Index q = 0; q < wide; ++q)
+        e.col_sum(q) = double(state.code_sum[static_cast<std::size_t>(q)]) - double(depth) * zg;
+      e.apply(s.data() + local * c * wide, wide, state.wide.data(), wide, false, depth,
+              max_code(qw));
+      auto result = Eigen::Map<Matrix<Scalar>>(state.wide.data(), c, wide);
+      if (t.padded() && zg != 0) result += (sg * zg) * state.outside;
+      Scalar* out = dx.data() + smp * dx.outerStride();
+      for (Index ci = 0; ci < c; ++ci)
+        for (Index y = 0; y < t.out_height; ++y)
+          std::copy_n(state.wide.data() + ci * wide + y * t.width, t.out_width,
+                      out + (ci * t.out_height + y) * t.out_width);
     }
-    std::fill(state.code_sum.begin(), state.code_sum.end(), 0);
-    for (Index r = 0; r < taps; ++r) {
-      const std::int32_t* src = state.tap_sum.data() + (r / kw) * t.width + r % kw;
-      for (Index q = 0; q < wide; ++q) state.code_sum[static_cast<std::size_t>(q)] += src[q];
-    }
-    e.col_scale.setConstant(sg);
-    e.col_shift.setConstant(128.0 - zg);
-    for (Index q = 0; q < wide; ++q)
-      e.col_sum(q) = double(state.code_sum[static_cast<std::size_t>(q)]) - double(depth) * zg;
-    e.apply(s.data() + smp * c * wide, wide, state.wide.data(), wide, false, depth, max_code(qw));
-    auto result = Eigen::Map<Matrix<Scalar>>(state.wide.data(), c, wide);
-    if (t.padded() && zg != 0) result += (sg * zg) * state.outside;
-    Scalar* out = dx.data() + smp * dx.outerStride();
-    for (Index ci = 0; ci < c; ++ci)
-      for (Index y = 0; y < t.out_height; ++y)
-        std::copy_n(state.wide.data() + ci * wide + y * t.width, t.out_width,
-                    out + (ci * t.out_height + y) * t.out_width);
   }
   if (!qg.transform) return;
   // T⁻¹(Z) feeds a map linear per row: T⁻¹'s linear part on the result rows, then c_s times the

@@ -66,6 +66,10 @@ struct Epilogue {
   Vector<double> row_zero, row_sum;     // z_a, r_a per row of A
   Vector<double> col_shift, col_sum;    // 128 − z_b, c_b − K·z_b per column of B
 
+  std::size_t bytes() const {
+    return bytes_total(row_scale, col_scale, row_zero, row_sum, col_shift, col_sum);
+  }
+
   /// out(i, j) (+)= s_a·s_b·(S + r_a·(128 − z_b) − z_a·(c_b − K·z_b)) for an m × n block of S,
   /// from a contraction of `depth` terms with A's codes at most `max_a`.
   void apply(const std::int32_t* s, Index lds, Scalar* out, Index ldo, bool accumulate, Index depth,
@@ -138,6 +142,12 @@ template <class T>
 void ensure_size(std::vector<T>& v, Index size) {
   if (static_cast<Index>(v.size()) != size) v.resize(static_cast<std::size_t>(size));
 }
+/// Frees a buffer (a layer that stops keeping it gives its memory back).
+template <class T>
+void release(std::vector<T>& v) {
+  std::vector<T>().swap(v);
+}
+
 template <class T>
 void ensure_size(Vector<T>& v, Index size) {
   if (v.size() != size) v.resize(size);
@@ -151,6 +161,9 @@ struct Int8LinearState final : BackendState {
   std::unique_ptr<GemmPlan> plans[3];      // forward, grad-input, grad-weight
   Epilogue<Scalar> epilogue;               // its per-row and per-column terms
   std::unique_ptr<BackendState> fallback;  // the simulated backend's, for unquantized operands
+  std::size_t bytes() const override {
+    return bytes_total(b, s, sums, fallback) + epilogue.bytes();
+  }
 };
 
 /// \brief What the transposed conv grad-input (fqt/nn/detail/int8_conv.hpp) keeps per layer.
@@ -166,29 +179,46 @@ struct TransposedState {
   Vector<Scalar> offset;   // Ŵ' contracted with 𝟙 (C·H·W), for BHQ's row offsets
 };
 
+/// Samples per piece when a conv layer recomputes its columns (ConvColumns::Recompute): the
+/// batched GEMMs run on this many samples' columns at a time.
+inline constexpr Index kColumnPiece = 8;
+
 /// \brief What the int8 backend keeps per conv layer.
 template <class Scalar>
 struct Int8ConvState final : BackendState {
   bool coded = false;                      // the last forward ran on codes
-  std::vector<std::int8_t> cols;           // im2col(X̂) codes − 128, (patch) × (n·plane)
+  bool kept = false;                       // cols hold the whole batch (ConvColumns::Keep)
+  std::vector<std::int8_t> cols;           // im2col(X̂) codes − 128, patch × (samples·plane)
   std::vector<std::int8_t> sample;         // one sample's codes − 128
   std::vector<std::int32_t> channel_sums;  // Σ_c of one padded sample's codes
   std::vector<std::int32_t> row_sum;       // their tap sums along one output row
   Vector<std::int64_t> col_sums;           // code sums of every column (s, p)
   Scalar sx = 0, zx = 0, pad_error = 0;    // X̂'s map, and P − z of the padding code
   std::vector<std::int8_t> g;              // G's codes − 128 (grad-input)
-  std::vector<Code> gk;                    // G's codes channel-major (grad-weight)
+  std::vector<Code> gk;                    // a piece of G's codes channel-major (grad-weight)
   std::vector<std::int32_t> s;             // the int32 GEMM
-  std::vector<std::int64_t> sums;          // code column sums
-  std::vector<Scalar> dcols;               // one sample's column gradient
-  std::vector<Scalar> offset_columns;      // Ŵᵀ·𝟙, for BHQ's row offsets
-  TransposedState<Scalar> transposed;      // the unit-stride grad-input's
-  Matrix<Scalar> mask, per_tap, pad_term;  // the padding's taps, Σ_c Ŵ per tap, its term
-  Matrix<Scalar> values;                   // Σ_s Ĝ_s; QAT's float columns
-  Vector<Scalar> offset;                   // col2im of it
-  std::unique_ptr<GemmPlan> plans[3];
+  std::vector<std::int32_t> s_sum;         // grad-weight: the sum of a group's pieces' GEMMs
+  std::vector<std::int64_t> g_sums, column_code_sums;  // grad-weight: a group's code sums
+  std::vector<std::int64_t> sums;                      // code column sums
+  std::vector<Scalar> dcols;                           // one sample's column gradient
+  std::vector<Scalar> offset_columns;                  // Ŵᵀ·𝟙, for BHQ's row offsets
+  TransposedState<Scalar> transposed;                  // the unit-stride grad-input's
+  Matrix<Scalar> mask, per_tap, pad_term;   // the padding's taps, Σ_c Ŵ per tap, its term
+  Matrix<Scalar> values;                    // Σ_s Ĝ_s; QAT's float columns
+  Vector<Scalar> offset;                    // col2im of it
+  std::unique_ptr<GemmPlan> plans[3];       // forward, grad-input, grad-weight
+  std::unique_ptr<GemmPlan> tail_plans[3];  // the same for a shorter last piece of samples
   Epilogue<Scalar> epilogue;
   std::unique_ptr<BackendState> fallback;
+
+  std::size_t bytes() const override {
+    const TransposedState<Scalar>& t = transposed;
+    return bytes_total(cols, sample, channel_sums, row_sum, col_sums, g, gk, s, s_sum, g_sums,
+                       column_code_sums, sums, dcols, offset_columns, mask, per_tap, pad_term,
+                       values, offset, fallback, t.flipped, t.padded, t.columns, t.tap_sum,
+                       t.code_sum, t.inside, t.wide, t.per_tap, t.outside, t.through, t.offset) +
+           epilogue.bytes();
+  }
 };
 
 template <class Scalar>
@@ -280,13 +310,14 @@ void add_row_offsets(const RowTransform<Scalar>& t, const V& v, MatrixRef<Scalar
   }
 }
 
-// im2col of X̂'s codes into state.cols (codes − 128, patch × (n·plane)), padding with the code
-// nearest the zero point, and the code sums of every column: Σ over the taps of the channel sums
-// of the padded sample, O(C·H·W + kh·kw·plane) per sample.
+// im2col of the codes of X̂'s samples [first, first + count) into state.cols (codes − 128,
+// patch × (count·plane)), padding with the code nearest the zero point, and the code sums of
+// every column into state.col_sums: Σ over the taps of the channel sums of the padded sample,
+// O(C·H·W + kh·kw·plane) per sample.
 template <class Scalar>
-void columns(const Conv2dGeometry& geo, const Quantized<Scalar, Code>& qx,
+void columns(const Conv2dGeometry& geo, const Quantized<Scalar, Code>& qx, Index first, Index count,
              Int8ConvState<Scalar>& state) {
-  const Index n = qx.rows(), plane = geo.out_plane(), wide = n * plane;
+  const Index plane = geo.out_plane(), wide = count * plane;
   const auto [sx, zx] = map_at(qx, 0, 0);
   const Scalar max_code = Scalar((1 << qx.bits) - 1);
   const Scalar pad = std::min(max_code, std::max(Scalar(0), std::nearbyint(zx)));
@@ -303,9 +334,9 @@ void columns(const Conv2dGeometry& geo, const Quantized<Scalar, Code>& qx,
   const Index image = geo.in_height * geo.in_width;
   std::vector<std::int32_t>& sums = state.channel_sums;
   ensure_size(sums, hp * wp);
-  ensure_size(state.col_sums, wide);
-  for (Index s = 0; s < n; ++s) {
-    const Code* x = qx.codes.data() + s * qx.cols();
+  if (state.col_sums.size() < wide) state.col_sums.resize(wide);  // grows only
+  for (Index s = 0; s < count; ++s) {
+    const Code* x = qx.codes.data() + (first + s) * qx.cols();
     shift_to_signed(x, qx.cols(), signed_x.data());
     im2col(signed_x.data(), geo, state.cols.data() + s * plane, pad_code, wide);
     std::fill(sums.begin(), sums.end(), static_cast<std::int32_t>(geo.in_channels * int(pad)));
@@ -355,20 +386,24 @@ void tap_mask(const Conv2dGeometry& geo, Matrix<Scalar>& m) {
       }
 }
 
-// dw += Σ_s G_s·im2col(X̂_s)ᵀ in floating point, for an unquantized G (Mode::QAT).
+// dw += Σ_s G_s·im2col(X̂_s)ᵀ in floating point, for an unquantized G (Mode::QAT); X̂'s columns
+// kept by the forward, or built again one sample at a time from qx (nullptr when kept).
 template <class Scalar>
 void float_conv_grad_weight(const Conv2dGeometry& geo, const Operand<Scalar>& g,
-                            MatrixRef<Scalar> dw, Int8ConvState<Scalar>& state) {
+                            const Quantized<Scalar, Code>* qx, MatrixRef<Scalar> dw,
+                            Int8ConvState<Scalar>& state) {
   const Index n = g.rows(), k = geo.out_channels, patch = geo.patch_size();
-  const Index plane = geo.out_plane(), wide = n * plane,
-              taps = geo.kernel_height * geo.kernel_width;
+  const Index plane = geo.out_plane(), taps = geo.kernel_height * geo.kernel_width;
+  const Index wide = state.kept ? n * plane : plane;
   tap_mask(geo, state.mask);
   const auto gv = g.value();
   Matrix<Scalar>& cols = state.values;
   cols.resize(patch, plane);
   for (Index s = 0; s < n; ++s) {
+    if (!state.kept) columns(geo, *qx, s, 1, state);
+    const std::int8_t* sample = state.cols.data() + (state.kept ? s * plane : 0);
     for (Index t = 0; t < patch; ++t) {
-      const std::int8_t* row = state.cols.data() + t * wide + s * plane;
+      const std::int8_t* row = sample + t * wide;
       for (Index p = 0; p < plane; ++p) {
         cols(t, p) =
             state.mask(t % taps, p) != 0 ? Scalar(0) : state.sx * (Scalar(row[p] + 128) - state.zx);

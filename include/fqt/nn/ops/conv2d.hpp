@@ -24,8 +24,8 @@ namespace fqt {
 namespace nn {
 
 /// \brief What conv2d_backward needs from conv2d_forward, plus its workspaces. The operands are
-/// stored as the policy's backend multiplies them; the backend keeps the im2col columns of X̂ in
-/// its state.
+/// stored as the policy's backend multiplies them; with ConvColumns::Keep the backend keeps the
+/// im2col columns of X̂ in its state, with Recompute it builds them again in the backward pass.
 template <class Scalar = float>
 struct Conv2dCache {
   /// True once conv2d_forward has completed into this cache; false when default-constructed or
@@ -35,14 +35,27 @@ struct Conv2dCache {
   /// Mode::Exact refers to W instead of copying it (X is never copied): the caller then keeps W
   /// alive and unchanged until the matching backward (fqt's autograd layers do, and set this)
   bool borrow_exact_operands = false;
-  QuantPolicy policy;           ///< the policy of the forward pass
-  Conv2dGeometry geometry;      ///< the geometry of the forward pass
-  Index batch = 0;              ///< N
-  OperandStore<Scalar> input;   ///< workspace: X̂ = Q_f(X) (X in Mode::Exact), N × (C·H·W)
-  OperandStore<Scalar> weight;  ///< Ŵ = Q_f(W) (W in Mode::Exact), K × (C·kh·kw)
+  /// Keep the whole batch's im2col columns between the passes (the default: one im2col per
+  /// step), or keep only X̂ and build them again for the grad-weight product (the backend's
+  /// buffers then do not grow with the batch; in Mode::Exact X is then referred to or copied as
+  /// `borrow_exact_operands` says). Read by each forward pass; results are bit-identical.
+  ConvColumns columns = ConvColumns::Keep;
+  ConvColumns forward_columns = ConvColumns::Keep;  ///< what the last forward pass did
+  QuantPolicy policy;                               ///< the policy of the forward pass
+  Conv2dGeometry geometry;                          ///< the geometry of the forward pass
+  Index batch = 0;                                  ///< N
+  /// X̂ = Q_f(X), N × (C·H·W); in Mode::Exact X with ConvColumns::Recompute, unused with Keep
+  OperandStore<Scalar> input;
+  OperandStore<Scalar> weight;           ///< Ŵ = Q_f(W) (W in Mode::Exact), K × (C·kh·kw)
   OperandStore<Scalar> grad_for_input;   ///< workspace: Q_b1(G), N × (K·Ho·Wo)
   OperandStore<Scalar> grad_for_weight;  ///< workspace: Q_b2(G), N × (K·Ho·Wo)
   std::unique_ptr<BackendState> state;   ///< the backend's: im2col columns of X̂, workspaces
+
+  /// \brief The bytes this cache holds: its operand stores and the backend's state.
+  std::size_t bytes() const {
+    return input.bytes() + weight.bytes() + grad_for_input.bytes() + grad_for_weight.bytes() +
+           detail::bytes_of(state);
+  }
 };
 
 /// \brief Y = conv(Q_f(X), Q_f(W)) + b (Exact: conv(X, W) + b), by im2col and GEMM on the
@@ -92,16 +105,19 @@ void conv2d_forward(const detail::ConstMatrix<Scalar>& input,
   cache.policy = policy;
   cache.geometry = g;
   cache.batch = n;
+  cache.forward_columns = cache.columns;
   store_forward_operand<Scalar>(policy, policy.weight_spec(), weight, cache.weight, kWhere,
                                 "weight", cache.borrow_exact_operands);
-  // In Mode::Exact the backend reads X itself: no copy.
+  // In Mode::Exact the backend reads X itself: no copy, unless the backward needs X again.
   Operand<Scalar> x = Operand<Scalar>::values(input);
-  if (policy.quantizes_forward()) {
+  const bool recompute = cache.columns == ConvColumns::Recompute;
+  if (policy.quantizes_forward() || recompute) {
     store_forward_operand<Scalar>(policy, policy.activation_spec(), input, cache.input, kWhere,
-                                  "input");
+                                  "input", cache.borrow_exact_operands);
     x = cache.input.operand();
   }
-  policy.product_backend().conv_forward(g, x, cache.weight.operand(), output, cache.state);
+  policy.product_backend().conv_forward(g, x, cache.weight.operand(), output, cache.columns,
+                                        cache.state);
   if (bias.size() > 0) {
     for (Index s = 0; s < n; ++s) {
       detail::RowMap<Scalar>(output.data() + s * output.outerStride(), g.out_channels, plane)
@@ -155,7 +171,12 @@ void conv2d_backward(const detail::ConstMatrix<Scalar>& grad_output, Conv2dCache
   const Backend& backend = policy.product_backend();
   if (want_input)
     backend.conv_grad_input(g, gq.grad_input, cache.weight.operand(), grad_input, cache.state);
-  if (want_weight) backend.conv_grad_weight(g, gq.grad_weight, grad_weight, cache.state);
+  if (want_weight) {
+    const Operand<Scalar> x = cache.forward_columns == ConvColumns::Recompute
+                                  ? cache.input.operand()
+                                  : Operand<Scalar>::none();
+    backend.conv_grad_weight(g, gq.grad_weight, x, grad_weight, cache.state);
+  }
   if (grad_bias.size() > 0) {
     for (Index s = 0; s < n; ++s) {
       grad_bias +=

@@ -36,6 +36,12 @@ struct LinearCache {
   OperandStore<Scalar> grad_for_weight;                ///< workspace: Q_b2(G), N × out
   Index batch = 0, in_features = 0, out_features = 0;  ///< N, in, out of the forward pass
   std::unique_ptr<BackendState> state;                 ///< the backend's workspaces
+
+  /// \brief The bytes this cache holds: its operand stores and the backend's state.
+  std::size_t bytes() const {
+    return input.bytes() + weight.bytes() + grad_for_input.bytes() + grad_for_weight.bytes() +
+           detail::bytes_of(state);
+  }
 };
 
 /// \brief Y = Q_f(X)·Q_f(W)ᵀ + b (Exact: Y = X·Wᵀ + b), the product computed by the policy's
