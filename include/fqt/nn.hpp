@@ -8,5 +8,7 @@
 #include "fqt/nn/layers.hpp"
 #include "fqt/nn/loss.hpp"
 #include "fqt/nn/optim.hpp"
+#include "fqt/nn/optim_quantized.hpp"
 #include "fqt/nn/policy.hpp"
 #include "fqt/nn/presets.hpp"
+#include "fqt/nn/weight_storage.hpp"

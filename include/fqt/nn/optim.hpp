@@ -5,6 +5,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <utility>
@@ -23,6 +24,31 @@ struct SgdOptions {
   double momentum = 0.0;       ///< μ in [0, 1)
   bool nesterov = false;       ///< Nesterov momentum (needs μ > 0)
   double weight_decay = 0.0;   ///< λ ≥ 0, applied to parameters with weight_decay set
+
+  /// \brief Throws std::invalid_argument naming `where` and the field unless the options are
+  /// usable: μ in [0, 1), λ finite and ≥ 0, Nesterov only with μ > 0, η finite and ≥ 0.
+  void validate(const char* where) const {
+    check(momentum >= 0 && momentum < 1, where, "momentum must be in [0, 1), got ", momentum);
+    check(std::isfinite(weight_decay) && weight_decay >= 0, where,
+          "weight_decay must be finite and >= 0, got ", weight_decay);
+    check(!nesterov || momentum > 0, where, "nesterov needs momentum > 0");
+    check(std::isfinite(learning_rate) && learning_rate >= 0, where,
+          "learning rate must be finite and >= 0, got ", learning_rate);
+  }
+};
+
+/// \brief What an optimizer's parameters occupy, in bytes.
+struct OptimizerMemory {
+  std::size_t weights = 0;    ///< the stored parameters: Scalar values, or codes and steps
+  std::size_t state = 0;      ///< the optimizer's state (momentum)
+  std::size_t views = 0;      ///< dequantized views of coded weights, which the forward reads
+  std::size_t workspace = 0;  ///< buffers of the update kept between steps
+  Index parameters = 0;       ///< scalars optimised
+
+  /// \brief Weights and optimizer state per parameter, in bytes.
+  double per_parameter() const {
+    return parameters > 0 ? double(weights + state) / double(parameters) : 0.0;
+  }
 };
 
 /// \brief Stochastic gradient descent, PyTorch's update rule:
@@ -33,13 +59,7 @@ class SGD {
   /// \param parameters e.g. model.parameters() (shared handles)
   SGD(std::vector<Parameter<Scalar>> parameters, const SgdOptions& options)
       : parameters_(std::move(parameters)), options_(options) {
-    constexpr const char* kWhere = "nn::SGD";
-    check(options.momentum >= 0 && options.momentum < 1, kWhere, "momentum must be in [0, 1), got ",
-          options.momentum);
-    check(std::isfinite(options.weight_decay) && options.weight_decay >= 0, kWhere,
-          "weight_decay must be finite and >= 0, got ", options.weight_decay);
-    check(!options.nesterov || options.momentum > 0, kWhere, "nesterov needs momentum > 0");
-    set_learning_rate(options.learning_rate);
+    options.validate("nn::SGD");
     velocity_.resize(parameters_.size());
   }
 
@@ -117,6 +137,21 @@ class SGD {
   }
   /// \brief The parameters being optimised.
   const std::vector<Parameter<Scalar>>& parameters() const { return parameters_; }
+  /// \brief The bytes of the (master) weights, the momentum and the staged updates.
+  OptimizerMemory memory() const {
+    OptimizerMemory m;
+    for (std::size_t i = 0; i < parameters_.size(); ++i) {
+      const Index n = parameters_[i].variable.value().size();
+      m.parameters += n;
+      m.weights += static_cast<std::size_t>(n) * sizeof(Scalar);
+      m.state += static_cast<std::size_t>(velocity_[i].size()) * sizeof(Scalar);
+    }
+    for (const auto* staged : {&next_weight_, &next_velocity_}) {
+      for (const auto& b : *staged)
+        m.workspace += static_cast<std::size_t>(b.size()) * sizeof(Scalar);
+    }
+    return m;
+  }
 
  private:
   std::vector<Parameter<Scalar>> parameters_;
