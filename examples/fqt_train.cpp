@@ -241,6 +241,14 @@ void add_training_options(CLI::App& app, Options& o) {
   app.add_option("--gamma", t.gamma, "step schedule: decay factor")
       ->check(CLI::Range(1e-9, 1.0))
       ->capture_default_str();
+  app.add_option("--weights", t.weight_bits,
+                 "weight storage: fp32 (master weights, the default), int16 or int8 (codes only, "
+                 "updated by stochastic rounding)")
+      ->transform(CLI::CheckedTransformer(
+          std::map<std::string, int>{{"fp32", 32}, {"int16", 16}, {"int8", 8}}, CLI::ignore_case));
+  app.add_option("--momentum-bits", t.momentum_bits,
+                 "momentum storage with coded weights: 32 (fp32, the default), 16 or 8")
+      ->check(CLI::IsMember({32, 16, 8}));
   app.add_option("--conv-columns", t.conv_columns,
                  "what the convs keep for backward: keep (the batch's im2col columns; the "
                  "default) or recompute (only the input: the columns are built again)")
@@ -735,6 +743,20 @@ bool train_and_print(const Options& o, const Data& d, fqt_train::Model& model) {
   std::printf("\nfinal test accuracy: %.2f%%\n", 100 * result.final_test_accuracy);
   std::printf("layer caches between steps (conv columns: %s): %.2f MB\n",
               fqt::nn::to_string(t.conv_columns), static_cast<double>(result.cache_bytes) / 1e6);
+  const fqt::nn::OptimizerMemory& m = result.optimizer_memory;
+  std::printf(
+      "weights and optimizer state (weights %s, momentum %d bits): %.2f MB weights + %.2f MB "
+      "state = %.2f bytes per parameter (fp32 weights and momentum: 8); forward views %.2f MB, "
+      "update workspace %.2f MB\n",
+      t.weight_bits == 32 ? "fp32" : (t.weight_bits == 16 ? "int16" : "int8"), t.momentum_bits,
+      double(m.weights) / 1e6, double(m.state) / 1e6, m.per_parameter(), double(m.views) / 1e6,
+      double(m.workspace) / 1e6);
+  if (t.weight_bits != 32) {
+    std::printf(
+        "weights' stochastic rounding, last epoch: E|Q(w') - w'|^2 / lr^2 = %.4g per step (the "
+        "gradient variance that would move the weights as much)\n",
+        result.rounding_as_gradient_variance);
+  }
   return true;
 }
 

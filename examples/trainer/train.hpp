@@ -13,6 +13,7 @@
 #include <cmath>
 #include <cstdint>
 #include <limits>
+#include <memory>
 #include <sstream>
 #include <stdexcept>
 #include <string>
@@ -45,10 +46,11 @@ inline Schedule parse_schedule(const std::string& name) {
 
 /// \brief The independent random streams of a run, all derived from its seed.
 enum class Stream : std::uint64_t {
-  Init = 1,    ///< initial weights
-  Order = 2,   ///< the shuffle of each epoch
-  Noise = 3,   ///< gradient quantization noise
-  Profile = 4  ///< batches and noise of the variance profile
+  Init = 1,     ///< initial weights
+  Order = 2,    ///< the shuffle of each epoch
+  Noise = 3,    ///< gradient quantization noise
+  Profile = 4,  ///< batches and noise of the variance profile
+  Rounding = 5  ///< stochastic rounding of coded weights (TrainOptions::weight_bits < 32)
 };
 
 /// \brief The stream `which` of a run seeded with `seed`.
@@ -73,6 +75,11 @@ struct TrainOptions {
   bool evaluate_every_epoch = true;      ///< test accuracy after each epoch (else only at the end)
   /// What the convs keep for their backward passes: the whole batch's im2col columns, or only X̂
   nn::ConvColumns conv_columns = nn::ConvColumns::Keep;
+  /// 32: fp32 master weights (nn::SGD); 16 or 8: the weights stored as codes only, updated by
+  /// stochastic rounding (nn::QuantizedSGD)
+  int weight_bits = 32;
+  /// 32: fp32 momentum; 16 or 8: as codes (with coded weights only)
+  int momentum_bits = 32;
 
   /// \brief Throws std::invalid_argument naming the option unless the options are usable.
   void validate() const {
@@ -87,6 +94,13 @@ struct TrainOptions {
     fqt::check(momentum >= 0 && momentum < 1, kWhere, "momentum must be in [0, 1), got ", momentum);
     fqt::check(weight_decay >= 0, kWhere, "weight decay must be >= 0, got ", weight_decay);
     fqt::check(gamma > 0, kWhere, "gamma must be > 0, got ", gamma);
+    fqt::check(weight_bits == 32 || weight_bits == 16 || weight_bits == 8, kWhere,
+               "weight bits must be 32 (fp32), 16 or 8, got ", weight_bits);
+    fqt::check(momentum_bits == 32 || momentum_bits == 16 || momentum_bits == 8, kWhere,
+               "momentum bits must be 32 (fp32), 16 or 8, got ", momentum_bits);
+    fqt::check(momentum_bits == 32 || weight_bits != 32, kWhere,
+               "coded momentum needs coded weights (weight bits 16 or 8), got momentum bits ",
+               momentum_bits, " with fp32 weights");
     for (const double m : milestones) {
       fqt::check(m > 0, kWhere, "milestones must be > 0 epochs, got ", m);
     }
@@ -115,6 +129,12 @@ struct TrainResult {
   /// The bytes the layers' caches hold between two training steps (Model::cache_bytes after the
   /// first step of a full batch); 0 when no full batch ran
   std::size_t cache_bytes = 0;
+  /// The optimizer's weights, state and workspaces at the end
+  nn::OptimizerMemory optimizer_memory;
+  /// Coded weights: the exact E‖Q(w′) − w′‖² of the weights' stochastic rounding per step,
+  /// divided by that step's η² — the gradient variance that would move the weights as much —
+  /// averaged over the last epoch's steps (0 for fp32 weights)
+  double rounding_as_gradient_variance = 0;
 
   /// \brief Mean wall time of the completed epochs' training steps.
   double seconds_per_epoch() const {
@@ -199,6 +219,35 @@ inline std::string percent(double fraction) {
 }
 
 /// \brief The SGD options of a run.
+/// \brief SGD on fp32 master weights, or on weights stored as codes (TrainOptions::weight_bits).
+class Optimizer {
+ public:
+  Optimizer(std::vector<nn::Parameter<float>> parameters, const nn::SgdOptions& sgd,
+            const TrainOptions& o) {
+    if (o.weight_bits == 32) {
+      fp32_ = std::make_unique<nn::SGD<float>>(std::move(parameters), sgd);
+    } else {
+      nn::WeightStorageOptions storage;
+      storage.weight_bits = o.weight_bits;
+      storage.momentum_bits = o.momentum_bits == 32 ? 0 : o.momentum_bits;
+      storage.rng = seed_stream(o.seed, Stream::Rounding);
+      coded_ = std::make_unique<nn::QuantizedSGD<float>>(std::move(parameters), sgd, storage);
+    }
+  }
+  void zero_grad() { fp32_ ? fp32_->zero_grad() : coded_->zero_grad(); }
+  void set_learning_rate(double lr) {
+    fp32_ ? fp32_->set_learning_rate(lr) : coded_->set_learning_rate(lr);
+  }
+  void step() { fp32_ ? fp32_->step() : coded_->step(); }
+  /// \brief The last step's rounding error of the weights (0 for fp32 weights).
+  double last_rounding() const { return coded_ ? coded_->last_rounding().weights : 0.0; }
+  nn::OptimizerMemory memory() const { return fp32_ ? fp32_->memory() : coded_->memory(); }
+
+ private:
+  std::unique_ptr<nn::SGD<float>> fp32_;
+  std::unique_ptr<nn::QuantizedSGD<float>> coded_;
+};
+
 inline nn::SgdOptions sgd_options(const TrainOptions& o) {
   nn::SgdOptions sgd;
   sgd.learning_rate = o.learning_rate;
@@ -228,7 +277,7 @@ class TrainingRun {
         n_(train_set.size()),
         batch_(std::min(options.batch_size, n_)),
         learning_rate_(options, static_cast<std::uint64_t>((n_ + batch_ - 1) / batch_)),
-        sgd_(model.parameters(), sgd_options(options)),
+        sgd_(model.parameters(), sgd_options(options), options),
         order_rng_(seed_stream(options.seed, Stream::Order)) {
     context_.policy = options.policy;
     context_.rng = seed_stream(options.seed, Stream::Noise);
@@ -245,6 +294,8 @@ class TrainingRun {
       progress_.begin_epoch(label.str(), n_);
       const auto order = epoch_order(n_, order_rng_, static_cast<std::uint64_t>(epoch - 1));
       const auto start = std::chrono::steady_clock::now();
+      rounding_sum_ = 0;
+      rounding_steps_ = 0;
       EpochSums sums;
       try {
         sums = steps(order);
@@ -260,9 +311,12 @@ class TrainingRun {
           std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
       result.epochs.push_back(end_epoch(epoch, sums, seconds));
       result.final_train_loss = result.epochs.back().train_loss;
+      result.rounding_as_gradient_variance =
+          rounding_steps_ > 0 ? rounding_sum_ / double(rounding_steps_) : 0.0;
     }
     result.final_test_accuracy = final_accuracy(result);
     result.cache_bytes = cache_bytes_;
+    result.optimizer_memory = sgd_.memory();
     return result;
   }
 
@@ -274,7 +328,8 @@ class TrainingRun {
     for (Index first = 0; first < n_; first += batch_, ++step_) {
       const Index count = std::min(batch_, n_ - first);
       gather_batch(train_set_, order, first, count, images_, labels_);
-      sgd_.set_learning_rate(learning_rate_(step_));
+      const double lr = learning_rate_(step_);
+      sgd_.set_learning_rate(lr);
       sgd_.zero_grad();
       context_.step = step_;
       nn::Tape<float> tape;
@@ -285,6 +340,10 @@ class TrainingRun {
       tape.backward(loss);
       sgd_.step();
       if (cache_bytes_ == 0 && count == batch_) cache_bytes_ = model_.cache_bytes();
+      if (lr > 0) {
+        rounding_sum_ += sgd_.last_rounding() / (lr * lr);
+        ++rounding_steps_;
+      }
       sums.loss += static_cast<double>(loss.value()(0, 0)) * static_cast<double>(count);
       done += count;
       progress_.update(done, sums.loss / static_cast<double>(done),
@@ -338,13 +397,15 @@ class TrainingRun {
   const Index n_;
   const Index batch_;
   const LearningRate learning_rate_;
-  nn::SGD<float> sgd_;
+  Optimizer sgd_;
   const fqt::Philox order_rng_;
   nn::Context context_;
   Matrix images_;
   std::vector<int> labels_;
   std::uint64_t step_ = 0;
   std::size_t cache_bytes_ = 0;
+  double rounding_sum_ = 0;  // Σ over the epoch's steps of the weights' rounding error / η²
+  Index rounding_steps_ = 0;
 };
 
 }  // namespace detail
