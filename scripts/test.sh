@@ -23,13 +23,13 @@ echo "== optimised stage done at ${SECONDS} s"
 echo "== portable build under AddressSanitizer + UndefinedBehaviorSanitizer (Clang)"
 # Without oneDNN (it brings GCC's OpenMP runtime, Clang's is libomp): the int8 tests run the
 # portable integer GEMM here. Without libtorch (a GCC-built library; its adapter is tested above).
-# Line tables are all a sanitizer report needs, and the test files are compiled six at a time
-# (unity batches: they share most of their template instantiations), to shorten the stage's
-# compile. The optimised stage above compiles each file on its own.
+# Line tables are all a sanitizer report needs, and each test executable is compiled as two
+# translation units (a unity build; its files share most of their template instantiations), to
+# shorten the stage's compile. The optimised stage above compiles each file on its own.
 cmake -S . -B build/sanitize -DCMAKE_BUILD_TYPE=Debug -DCMAKE_CXX_COMPILER=clang++ \
   -DFQT_NATIVE=OFF -DFQT_SLOW_TESTS=OFF -DFQT_WITH_DNNL=OFF -DFQT_WITH_TORCH=OFF \
   -DFQT_BUILD_TESTS=ON -DFQT_BUILD_BENCHMARKS=OFF -DFQT_BUILD_EXAMPLES=OFF \
-  -DCMAKE_UNITY_BUILD=ON -DCMAKE_UNITY_BUILD_BATCH_SIZE=6 -DCMAKE_CXX_FLAGS_DEBUG=-gline-tables-only \
+  -DCMAKE_UNITY_BUILD=ON -DCMAKE_CXX_FLAGS_DEBUG=-gline-tables-only \
   -DCMAKE_CXX_FLAGS="-O1 -fsanitize=address,undefined -fno-sanitize-recover=all -fno-omit-frame-pointer" \
   >/dev/null
 # The library's tests only: the trainer's tests (app) take the longest to compile under the
