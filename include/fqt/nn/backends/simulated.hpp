@@ -145,8 +145,10 @@ class SimulatedBackend final : public BackendFor<SimulatedBackend> {
       partial.setZero();
       const Index end = std::min(n, (chunk + 1) * detail::kConvChunk);
       for (Index s = chunk * detail::kConvChunk; s < end; ++s) {
-        const Scalar* data = state.columns.data() + s * patch * plane;
-        if (!state.kept) {
+        const Scalar* data = nullptr;
+        if (state.kept) {
+          data = state.columns.data() + s * patch * plane;
+        } else {
           Scalar* scratch = mine(state.thread_columns).data();
           detail::im2col(xv.data() + s * xv.outerStride(), g, scratch);
           data = scratch;
