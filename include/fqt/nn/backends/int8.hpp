@@ -292,7 +292,7 @@ class Int8Backend final : public BackendFor<Int8Backend> {
     auto& state = BackendState::of<ConvState<Scalar>>(slot);
     if (!state.coded) return simulated_backend().conv_grad_weight(geo, g, x, dw, state.fallback);
     const Index n = g.rows(), k = geo.out_channels, patch = geo.patch_size();
-    const Index plane = geo.out_plane(), wide = n * plane;
+    const Index plane = geo.out_plane();
     // Recompute: the columns are built again, piece by piece, from X̂'s codes.
     const Quantized<Scalar, Code>* qx = state.kept ? nullptr : &x.quantized();
     if (!g.coded()) return detail::float_conv_grad_weight(geo, g, qx, dw, state);
@@ -324,40 +324,14 @@ class Int8Backend final : public BackendFor<Int8Backend> {
       std::fill(state.g_sums.begin(), state.g_sums.end(), 0);
       std::fill(state.column_code_sums.begin(), state.column_code_sums.end(), 0);
       for (Index first = start; first < start + count; first += piece) {
-        const Index size = std::min(piece, start + count - first), span = size * plane;
-        // The piece's G codes channel-major, (k, s, p), so that one GEMM contracts over (s, p).
-        detail::ensure_size(state.gk, k * span);
-        for (Index s = 0; s < size; ++s)
-          for (Index c = 0; c < k; ++c)
-            std::copy_n(qg.codes.data() + ((first + s) * k + c) * plane, plane,
-                        state.gk.data() + c * span + s * plane);
-        if (!state.kept) detail::columns(geo, *qx, first, size, state);
-        // The piece's columns: at sample `first` of the whole batch's, or its own.
-        const std::int8_t* cols = state.cols.data() + (state.kept ? first * plane : 0);
-        const Index ldc = state.kept ? wide : span;
-        // A = G (k × span), B = columnsᵀ (span × patch).
-        GemmShape shape{1, k, patch, span, {0, span, 1}, {0, 1, ldc}, {0, patch, 1}};
-        detail::ensure_size(state.s, k * patch);
+        const Index size = std::min(piece, start + count - first);
         if (summed && first == start) {
           detail::ensure_size(state.s_sum, k * patch);
           std::fill(state.s_sum.begin(), state.s_sum.end(), 0);
         }
-        engine_->multiply(shape, state.gk.data(), cols, state.s.data(),
-                          size == piece ? state.plans[2] : state.tail_plans[2]);
+        detail::grad_weight_piece(*engine_, geo, qg, qx, n, first, size, size == piece, state);
         if (summed) {
           for (std::size_t i = 0; i < state.s.size(); ++i) state.s_sum[i] += state.s[i];
-        }
-        for (Index c = 0; c < k; ++c) {
-          const Code* row = state.gk.data() + c * span;
-          std::int64_t sum = 0;
-          for (Index j = 0; j < span; ++j) sum += row[j];
-          state.g_sums[static_cast<std::size_t>(c)] += sum;
-        }
-        for (Index t = 0; t < patch; ++t) {
-          std::int64_t sum = 0;
-          const std::int8_t* row = cols + t * ldc;
-          for (Index j = 0; j < span; ++j) sum += row[j] + 128;
-          state.column_code_sums[static_cast<std::size_t>(t)] += sum;
         }
       }
       detail::ensure_size(e.row_sum, k);

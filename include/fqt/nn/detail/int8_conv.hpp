@@ -1,7 +1,8 @@
 #pragma once
 /// \file
-/// \brief The int8 backend's conv grad-input for unit strides as a transposed convolution: one
-/// integer GEMM per sample straight into ∇X, with no column gradient and no col2im.
+/// \brief The int8 backend's conv kernels: the grad-input for unit strides as a transposed
+/// convolution (one integer GEMM per sample straight into ∇X, with no column gradient and no
+/// col2im), and one piece of samples of the grad-weight.
 ///
 /// With stride 1, ∇X_s(c, y, x) = Σ_{o,i,j} Ŵ(o, c, i, j)·Ĝ_s(o, y + ph − i, x + pw − j): a
 /// convolution of Ĝ_s, padded by kh − 1 − ph and kw − 1 − pw, with the flipped kernel
@@ -195,6 +196,43 @@ void transposed_grad_input(const IntegerGemm& engine, const Conv2dGeometry& geo,
       for (Index x = 0; x < t.out_width; ++x)
         state.offset((ci * t.out_height + y) * t.out_width + x) = ones_image(ci, y * t.width + x);
   add_row_offsets(*qg.transform, state.offset.array(), dx);
+}
+
+// Samples [first, first + size) of a grad-weight group: G's codes channel-major (k, s, p), so
+// that one GEMM contracts over (s, p); the piece's columns (built again under Recompute); the
+// int32 GEMM G·columnsᵀ into state.s; the piece's code sums added to the group's.
+template <class Scalar>
+void grad_weight_piece(const IntegerGemm& engine, const Conv2dGeometry& geo,
+                       const Quantized<Scalar, Code>& qg, const Quantized<Scalar, Code>* qx,
+                       Index n, Index first, Index size, bool full, Int8ConvState<Scalar>& state) {
+  const Index k = geo.out_channels, patch = geo.patch_size(), plane = geo.out_plane();
+  const Index span = size * plane;
+  ensure_size(state.gk, k * span);
+  for (Index s = 0; s < size; ++s)
+    for (Index c = 0; c < k; ++c)
+      std::copy_n(qg.codes.data() + ((first + s) * k + c) * plane, plane,
+                  state.gk.data() + c * span + s * plane);
+  if (!state.kept) columns(geo, *qx, first, size, state);
+  // The piece's columns: at sample `first` of the whole batch's, or its own.
+  const std::int8_t* cols = state.cols.data() + (state.kept ? first * plane : 0);
+  const Index ldc = state.kept ? n * plane : span;
+  // A = G (k × span), B = columnsᵀ (span × patch).
+  GemmShape shape{1, k, patch, span, {0, span, 1}, {0, 1, ldc}, {0, patch, 1}};
+  ensure_size(state.s, k * patch);
+  engine.multiply(shape, state.gk.data(), cols, state.s.data(),
+                  full ? state.plans[2] : state.tail_plans[2]);
+  for (Index c = 0; c < k; ++c) {
+    const Code* row = state.gk.data() + c * span;
+    std::int64_t sum = 0;
+    for (Index j = 0; j < span; ++j) sum += row[j];
+    state.g_sums[static_cast<std::size_t>(c)] += sum;
+  }
+  for (Index t = 0; t < patch; ++t) {
+    std::int64_t sum = 0;
+    const std::int8_t* row = cols + t * ldc;
+    for (Index j = 0; j < span; ++j) sum += row[j] + 128;
+    state.column_code_sums[static_cast<std::size_t>(t)] += sum;
+  }
 }
 
 }  // namespace detail
