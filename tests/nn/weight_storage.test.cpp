@@ -1,6 +1,7 @@
 // Weights stored as codes only: stochastic-rounding writes are unbiased with the exact mean
-// square error they report, codes stay on their grid, and QuantizedSGD's step is, in expectation,
-// SGD's step, with the memory it saves.
+// square error they report, codes stay on their grid, QuantizedSGD's step is, in expectation,
+// SGD's step, with the memory it saves, and the layers' forward product multiplies 8-bit codes
+// themselves.
 #include "fqt/nn/weight_storage.hpp"
 
 #include <catch2/catch.hpp>
@@ -10,6 +11,8 @@
 #include <utility>
 #include <vector>
 
+#include "fqt/nn/backends/int8.hpp"
+#include "fqt/nn/layers.hpp"
 #include "fqt/nn/optim_quantized.hpp"
 #include "support/nn_gradcheck.hpp"
 
@@ -194,6 +197,8 @@ TEST_CASE("QuantizedSGD: one step is SGD's step in expectation, with the exact v
     sum += p.variable.value();
     if (d == 0) reported = opt.last_rounding().weights;
     CHECK(opt.last_rounding().weights == reported);
+    REQUIRE(opt.last_rounding_by_parameter().size() == 1);
+    CHECK(opt.last_rounding_by_parameter()[0].weights == reported);
   }
   double exact = 0;
   for (Index r = 0; r < rows; ++r) {
@@ -258,4 +263,168 @@ TEST_CASE("QuantizedSGD rejects bad options and bad steps, and changes nothing t
   opt.step();
   CHECK(opt.steps() == 1);
   CHECK(p.variable.value() != before);
+}
+
+namespace {
+
+// A layer of each kind with a weight, its input (N = 4) and a forward pass through it.
+struct LayerCase {
+  std::shared_ptr<nn::Module<float>> layer;
+  nn::Variable<float> input;
+};
+
+LayerCase layer_case(bool conv) {
+  if (conv) {
+    auto layer = std::make_shared<nn::Conv2d<float>>(2, 3, 3, 1, 1, Philox(4));
+    return {layer, nn::Variable<float>(nn_test::random_matrix<float>(4, 2 * 5 * 5, 41),
+                                       nn::FeatureShape{2, 5, 5})};
+  }
+  auto layer = std::make_shared<nn::Linear<float>>(12, 5, Philox(3));
+  return {layer, nn::Variable<float>(nn_test::random_matrix<float>(4, 12, 42), true)};
+}
+
+Matrix<float> forward(nn::Module<float>& layer, const nn::Variable<float>& input,
+                      const nn::QuantPolicy& policy) {
+  nn::Tape<float> tape;
+  nn::Context context;
+  context.policy = policy;
+  return layer.forward(tape, input, context).value();
+}
+
+// The forward pass with Q_f(W) replaced by `weight` itself: Mode::Exact on Q_f(X) and `weight`.
+Matrix<float> forward_on(nn::Module<float>& layer, const nn::Variable<float>& input,
+                         const nn::QuantPolicy& policy, const Matrix<float>& weight) {
+  nn::OperandStore<float> x;
+  nn::store_forward_operand<float>(policy, policy.activation_spec(), input.value(), x, "test",
+                                   "input");
+  auto params = layer.parameters();
+  const Matrix<float> saved = params[0].variable.value();
+  params[0].variable.value() = weight;
+  const auto slot = params[0].stored->codes;
+  params[0].stored->codes = nullptr;
+  nn::QuantPolicy exact = policy;
+  exact.mode = nn::Mode::Exact;
+  exact.backend = nullptr;
+  const Matrix<float> y = forward(layer, nn::Variable<float>(x.values(), input.shape()), exact);
+  params[0].variable.value() = saved;
+  params[0].stored->codes = slot;
+  return y;
+}
+
+double max_abs(const Matrix<float>& m) { return double(m.cwiseAbs().maxCoeff()); }
+
+}  // namespace
+
+TEST_CASE("With 8-bit stored weights the forward product multiplies the codes, on every backend",
+          "[nn][weights][forward]") {
+  const bool conv = GENERATE(false, true);
+  CAPTURE(conv);
+  LayerCase c = layer_case(conv);
+  const nn::Parameter<float> weight = c.layer->parameters()[0];
+  REQUIRE(weight.stored != nullptr);
+  CHECK(c.layer->parameters()[1].stored == nullptr);  // biases stay in float
+  const nn::QuantPolicy qat = nn::QuantPolicy::with_mode(nn::Mode::QAT);
+  // Re-quantizing the float view (what the layer does without stored codes).
+  nn::WeightStorageOptions storage;
+  storage.weight_bits = 8;
+  storage.rng = Philox(9);
+  nn::QuantizedSGD<float> opt(c.layer->parameters(), {0.05, 0.9, false, 1e-4}, storage);
+  const auto* codes = std::get_if<nn::QuantizedTensor<std::int8_t>>(&opt.stored_weight(0));
+  REQUIRE(codes != nullptr);
+  CHECK(weight.stored->codes == codes);
+  const Matrix<float> view = weight.variable.value();
+  const Matrix<float> on_codes = forward_on(*c.layer, c.input, qat, view);
+  const Matrix<float> y = forward(*c.layer, c.input, qat);
+  const double tolerance = 1e-5 * max_abs(on_codes);
+  CHECK(max_abs(y - on_codes) <= tolerance);
+  // Q_f of the view lands on another (per-tensor) grid than the codes' per-row one.
+  weight.stored->codes = nullptr;
+  CHECK(max_abs(forward(*c.layer, c.input, qat) - on_codes) > 100 * tolerance);
+  weight.stored->codes = codes;
+  // Below 8 forward bits the view is quantized again.
+  nn::QuantPolicy four = qat;
+  four.weight_bits = 4;
+  CHECK(max_abs(forward(*c.layer, c.input, four) - on_codes) > 100 * tolerance);
+
+  // An integer backend multiplies the same codes, stored with one step per tensor.
+  nn::QuantPolicy int8 = qat;
+  int8.backend = nn::int8_backend();
+  CHECK_THROWS_WITH(forward(*c.layer, c.input, int8),
+                    Contains("one step per row") && Contains("per_row = false"));
+  storage.per_row = false;
+  nn::QuantizedSGD<float> per_tensor(c.layer->parameters(), {0.05, 0.9, false, 1e-4}, storage);
+  const Matrix<float> per_tensor_view = weight.variable.value();
+  const Matrix<float> simulated = forward(*c.layer, c.input, qat);
+  CHECK(max_abs(simulated - forward_on(*c.layer, c.input, qat, per_tensor_view)) <= tolerance);
+  CHECK(max_abs(forward(*c.layer, c.input, int8) - simulated) <= tolerance);
+}
+
+TEST_CASE(
+    "QuantizedSGD's codes are the weights: the view is output only, and the layers' slots "
+    "are cleared with the optimizer",
+    "[nn][weights][forward]") {
+  nn::Linear<float> layer(6, 3, Philox(5));
+  const nn::Parameter<float> weight = layer.parameters()[0];
+  {
+    nn::WeightStorageOptions storage;
+    storage.weight_bits = 8;
+    // Two optimizers from the same weights and noise; one view is overwritten before the step.
+    nn::Linear<float> twin(6, 3, Philox(5));
+    nn::QuantizedSGD<float> opt(layer.parameters(), {0.1, 0.9, false, 1e-2}, storage);
+    nn::QuantizedSGD<float> reference(twin.parameters(), {0.1, 0.9, false, 1e-2}, storage);
+    weight.variable.value().setConstant(3.0f);
+    for (auto* p : {&layer, &twin}) {
+      p->parameters()[0].variable.accumulate_grad(nn_test::random_matrix<float>(3, 6, 51));
+    }
+    opt.step();
+    reference.step();
+    CHECK(weight.variable.value() == twin.weight().value());
+    CHECK(std::get<nn::QuantizedTensor<std::int8_t>>(opt.stored_weight(0)).codes() ==
+          std::get<nn::QuantizedTensor<std::int8_t>>(reference.stored_weight(0)).codes());
+    REQUIRE(weight.stored->codes != nullptr);
+    // Moving the optimizer keeps the slot on the same codes.
+    nn::QuantizedSGD<float> moved(std::move(opt));
+    CHECK(weight.stored->codes ==
+          std::get_if<nn::QuantizedTensor<std::int8_t>>(&moved.stored_weight(0)));
+  }
+  CHECK(weight.stored->codes == nullptr);
+  // 16-bit codes are read through the view: the slot stays empty.
+  nn::WeightStorageOptions storage;
+  storage.weight_bits = 16;
+  nn::QuantizedSGD<float> opt(layer.parameters(), {0.1, 0.0, false, 0.0}, storage);
+  CHECK(weight.stored->codes == nullptr);
+}
+
+TEST_CASE("A tensor from its parts is checked, and QuantizedSGD::load_weight replaces the codes",
+          "[nn][weights][errors]") {
+  using T8 = nn::QuantizedTensor<std::int8_t>;
+  CHECK_THROWS_WITH(T8(2, 3, true, std::vector<std::int8_t>(5), {1.0f, 1.0f}),
+                    Contains("has 6 codes, got 5"));
+  CHECK_THROWS_WITH(T8(2, 3, true, std::vector<std::int8_t>(6), {1.0f}),
+                    Contains("has 2 steps, got 1"));
+  CHECK_THROWS_WITH(T8(1, 2, false, {0, -128}, {1.0f}), Contains("code 1 is -128"));
+  CHECK_THROWS_AS(T8(1, 2, false, {0, 1}, {std::numeric_limits<float>::quiet_NaN()}),
+                  std::domain_error);
+  CHECK_THROWS_WITH(T8(1, 2, false, {0, 1}, {-1.0f}), Contains("step 0 is -1"));
+  const T8 t(1, 2, false, {-127, 5}, {0.5f});
+  CHECK(t.value(0, 0) == -63.5);
+  CHECK(t.value(0, 1) == 2.5);
+
+  nn::Linear<float> layer(2, 1, Philox(6));
+  nn::WeightStorageOptions storage;
+  storage.weight_bits = 8;
+  storage.per_row = false;
+  nn::QuantizedSGD<float> opt(layer.parameters(), {0.1, 0.9, false, 0.0}, storage);
+  CHECK_THROWS_WITH(opt.load_weight(1, t), Contains("'bias' is not stored"));
+  CHECK_THROWS_WITH(opt.load_weight(0, nn::QuantizedTensor<std::int16_t>(1, 2, false)),
+                    Contains("stored in 8 bits, got 16-bit codes"));
+  CHECK_THROWS_WITH(opt.load_weight(0, T8(2, 1, false)), Contains("is 1 x 2, the codes 2 x 1"));
+  CHECK_THROWS_WITH(opt.load_weight(0, T8(1, 2, true)), Contains("one step, the codes a step"));
+  CHECK_THROWS_WITH(opt.load_weight(7, t), Contains("parameter 7 of 2"));
+  opt.load_weight(0, t);
+  CHECK(layer.weight().value()(0, 0) == -63.5f);
+  CHECK(layer.weight().value()(0, 1) == 2.5f);
+  const auto& stored = std::get<T8>(opt.stored_weight(0));
+  CHECK(stored.codes() == t.codes());
+  CHECK(layer.parameters()[0].stored->codes == &stored);
 }

@@ -23,6 +23,7 @@
 #include "fqt/nn/autograd.hpp"
 #include "fqt/nn/functional.hpp"
 #include "fqt/nn/policy.hpp"
+#include "fqt/nn/weight_storage.hpp"
 
 namespace fqt {
 namespace nn {
@@ -48,6 +49,10 @@ struct Parameter {
   std::string name;           ///< e.g. "0.weight" inside a Sequential
   Variable<Scalar> variable;  ///< value and gradient (shared with the layer)
   bool weight_decay = true;   ///< whether SGD applies weight decay (false: biases, BatchNorm)
+  /// The layer's slot for the weight's stored codes (linear and conv weights; null otherwise):
+  /// an optimizer that keeps them as 8-bit codes (nn::QuantizedSGD) fills it, and the layer's
+  /// forward product then multiplies them (see nn::StoredWeight)
+  std::shared_ptr<StoredWeight> stored = nullptr;
 };
 
 /// \brief Base class of layers.
@@ -142,14 +147,16 @@ class Linear : public Module<Scalar> {
                            const Context& context) override {
     check(input.value().cols() == in_, "nn::Linear::forward", "input has ", input.value().cols(),
           " features, expected in_features = ", in_);
+    std::shared_ptr<LinearCache<Scalar>> cache = detail::free_cache(cache_);
+    cache->stored_weight = stored_->codes;
     return linear(tape, input, weight_, bias_, this->resolve_policy(context),
-                  this->streams(context), detail::free_cache(cache_));
+                  this->streams(context), std::move(cache));
   }
   std::string name() const override { return "Linear"; }
   /// \brief The bytes the layer's cache holds between steps (operands, the backend's state).
   std::size_t cache_bytes() const { return cache_ ? cache_->bytes() : 0; }
   std::vector<Parameter<Scalar>> parameters() const override {
-    std::vector<Parameter<Scalar>> p{{"weight", weight_, true}};
+    std::vector<Parameter<Scalar>> p{{"weight", weight_, true, stored_}};
     if (bias_.defined()) p.push_back({"bias", bias_, false});
     return p;
   }
@@ -165,6 +172,7 @@ class Linear : public Module<Scalar> {
  private:
   Index in_, out_;
   Variable<Scalar> weight_, bias_;
+  std::shared_ptr<StoredWeight> stored_ = std::make_shared<StoredWeight>();
   std::shared_ptr<LinearCache<Scalar>> cache_;
 };
 
@@ -202,6 +210,7 @@ class Conv2d : public Module<Scalar> {
     std::shared_ptr<Conv2dCache<Scalar>> cache = detail::free_cache(cache_);
     // Outside training nothing needs the columns later (a backward pass still gets the same bits).
     cache->columns = context.training ? columns_ : ConvColumns::Recompute;
+    cache->stored_weight = stored_->codes;
     return conv2d(tape, input, weight_, bias_, g, this->resolve_policy(context),
                   this->streams(context), std::move(cache));
   }
@@ -214,7 +223,7 @@ class Conv2d : public Module<Scalar> {
   /// \brief The bytes the layer's cache holds between steps (operands, the backend's state).
   std::size_t cache_bytes() const { return cache_ ? cache_->bytes() : 0; }
   std::vector<Parameter<Scalar>> parameters() const override {
-    std::vector<Parameter<Scalar>> p{{"weight", weight_, true}};
+    std::vector<Parameter<Scalar>> p{{"weight", weight_, true, stored_}};
     if (bias_.defined()) p.push_back({"bias", bias_, false});
     return p;
   }
@@ -231,6 +240,7 @@ class Conv2d : public Module<Scalar> {
   Index in_channels_, out_channels_, kernel_, stride_, padding_;
   Variable<Scalar> weight_, bias_;
   ConvColumns columns_ = ConvColumns::Keep;
+  std::shared_ptr<StoredWeight> stored_ = std::make_shared<StoredWeight>();
   std::shared_ptr<Conv2dCache<Scalar>> cache_;
 };
 

@@ -13,9 +13,13 @@
 /// write's grid is derived from the values written, E[w_{t+1} | w_t, ∇] = w′ (to within 2⁻³³ of a
 /// step): the rounding adds variance, not bias, and `last_rounding()` gives it exactly.
 ///
-/// The model's Variable of a stored parameter holds the dequantized codes: the **view** the
-/// forward pass reads, overwritten after every step and never used as a master (the next update
-/// starts from the codes' values, which it equals). `memory()` counts it apart from the weights.
+/// With 8-bit weights the optimizer fills each layer's nn::StoredWeight slot with its codes, and
+/// the forward product multiplies those (at 8 forward bits) instead of quantizing a float copy;
+/// the slots are cleared when the optimizer is destroyed. The model's Variable of a stored
+/// parameter holds the dequantized codes: a **view** for whoever reads the weights as floats
+/// (Mode::Exact, forward bits below 8, 16-bit codes, a checkpoint), rewritten after every step.
+/// It is output only: every update starts from the codes, so writing the view changes nothing
+/// the optimizer keeps. `memory()` counts it apart from the weights.
 
 #include <cstddef>
 #include <cstdint>
@@ -95,6 +99,22 @@ class QuantizedSGD {
       weights_[i] = make(storage_.weight_bits, w.rows(), w.cols());
       initial_.weights += write(weights_[i], w, storage_.rng.substream(~std::uint64_t(0), i, 0));
       read(weights_[i], w);
+      attach(i);
+    }
+  }
+
+  QuantizedSGD(const QuantizedSGD&) = delete;
+  QuantizedSGD& operator=(const QuantizedSGD&) = delete;
+  /// \brief Moves the optimizer; the layers' slots keep pointing at the same codes.
+  QuantizedSGD(QuantizedSGD&&) = default;
+  QuantizedSGD& operator=(QuantizedSGD&&) = delete;
+  /// \brief Clears the layers' slots that still point at this optimizer's codes.
+  ~QuantizedSGD() {
+    for (std::size_t i = 0; i < parameters_.size(); ++i) {
+      const auto& slot = parameters_[i].stored;
+      if (slot && slot->codes != nullptr && slot->codes == std::get_if<Codes8>(&weights_[i])) {
+        slot->codes = nullptr;
+      }
     }
   }
 
@@ -134,22 +154,26 @@ class QuantizedSGD {
       }
     }
     RoundingVariance rounding;
+    by_parameter_.assign(parameters_.size(), RoundingVariance{});
     for (std::size_t i = 0; i < parameters_.size(); ++i) {
       auto& p = parameters_[i];
       if (!p.variable.has_grad()) continue;
       update(i);
+      RoundingVariance& mine = by_parameter_[i];
       if (options_.momentum != 0) {
         if (stored(i) && storage_.momentum_bits != 0) {
           if (std::holds_alternative<std::monostate>(momentum_[i])) {
             momentum_[i] = make(storage_.momentum_bits, rows_, cols_);
           }
-          rounding.momentum += write(momentum_[i], velocity(), storage_.rng.substream(step_, i, 1));
+          mine.momentum = write(momentum_[i], velocity(), storage_.rng.substream(step_, i, 1));
+          rounding.momentum += mine.momentum;
         } else {
           scalar_momentum_[i] = velocity();
         }
       }
       if (stored(i)) {
-        rounding.weights += write(weights_[i], next(), storage_.rng.substream(step_, i, 0));
+        mine.weights = write(weights_[i], next(), storage_.rng.substream(step_, i, 0));
+        rounding.weights += mine.weights;
         read(weights_[i], p.variable.value());
       } else {
         p.variable.value() = next();
@@ -173,10 +197,37 @@ class QuantizedSGD {
   std::uint64_t steps() const { return step_; }
   /// \brief The exact rounding error of the last step (zeros before the first).
   RoundingVariance last_rounding() const { return last_; }
+  /// \brief The exact rounding error of the last step, parameter by parameter (in the order of
+  /// parameters(); zeros for parameters kept in Scalar, and before the first step: empty).
+  const std::vector<RoundingVariance>& last_rounding_by_parameter() const { return by_parameter_; }
   /// \brief The exact rounding error of the constructor's first write of the weights.
   RoundingVariance initial_rounding() const { return initial_; }
   /// \brief The stored weight of parameter i (monostate for a parameter kept in Scalar).
   const Stored& stored_weight(std::size_t i) const { return weights_.at(i); }
+
+  /// \brief Replaces the stored weight of parameter i by `codes` (e.g. read from a checkpoint)
+  /// and rewrites its view; the momentum is kept.
+  /// \throws std::invalid_argument unless parameter i is stored and `codes` has its shape, the
+  ///         optimizer's bit width and its steps' granularity; nothing is changed then
+  template <class Code>
+  void load_weight(std::size_t i, QuantizedTensor<Code> codes) {
+    constexpr const char* kWhere = "nn::QuantizedSGD::load_weight";
+    check(i < parameters_.size(), kWhere, "parameter ", i, " of ", parameters_.size());
+    const auto& p = parameters_[i];
+    check(stored(i), kWhere, "parameter '", p.name, "' is not stored as codes");
+    check(QuantizedTensor<Code>::kBits == storage_.weight_bits, kWhere, "parameter '", p.name,
+          "' is stored in ", storage_.weight_bits, " bits, got ", QuantizedTensor<Code>::kBits,
+          "-bit codes");
+    check(codes.rows() == p.variable.value().rows() && codes.cols() == p.variable.value().cols(),
+          kWhere, "parameter '", p.name, "' is ", p.variable.value().rows(), " x ",
+          p.variable.value().cols(), ", the codes ", codes.rows(), " x ", codes.cols());
+    check(codes.per_row() == storage_.per_row, kWhere, "parameter '", p.name, "' has ",
+          storage_.per_row ? "a step per row" : "one step", ", the codes ",
+          codes.per_row() ? "a step per row" : "one step");
+    std::get<QuantizedTensor<Code>>(weights_[i]) = std::move(codes);
+    read(weights_[i], parameters_[i].variable.value());
+    attach(i);
+  }
 
   /// \brief The bytes of the weights, the optimizer state, the views and the workspaces.
   OptimizerMemory memory() const {
@@ -194,7 +245,7 @@ class QuantizedSGD {
       m.state += bytes(momentum_[i]) +
                  static_cast<std::size_t>(scalar_momentum_[i].size()) * sizeof(Scalar);
     }
-    m.workspace = (next_.capacity() + velocity_.capacity()) * sizeof(Scalar);
+    m.workspace = (next_.capacity() + velocity_.capacity() + current_.capacity()) * sizeof(Scalar);
     return m;
   }
 
@@ -203,6 +254,11 @@ class QuantizedSGD {
   static constexpr double kLargest = 127.0 * double(std::numeric_limits<float>::max());
 
   bool stored(std::size_t i) const { return parameters_[i].weight_decay; }
+
+  // Points parameter i's layer slot at its 8-bit codes (16-bit ones are read through the view).
+  void attach(std::size_t i) {
+    if (parameters_[i].stored) parameters_[i].stored->codes = std::get_if<Codes8>(&weights_[i]);
+  }
 
   Stored make(int bits, Index rows, Index cols) const {
     if (bits == 8) return Codes8(rows, cols, storage_.per_row);
@@ -214,15 +270,20 @@ class QuantizedSGD {
   Map next() { return Map(next_.data(), rows_, cols_); }
   Map velocity() { return Map(velocity_.data(), rows_, cols_); }
 
-  // next() = w′ and velocity() = v of parameter i, from its gradient, weight and momentum.
+  // next() = w′ and velocity() = v of parameter i, from its gradient, weight and momentum. A
+  // stored weight is read from its codes (into current_), never from the view.
   void update(std::size_t i) {
     const auto& p = parameters_[i];
-    const Matrix<Scalar>& w = p.variable.value();
-    rows_ = w.rows();
-    cols_ = w.cols();
-    const auto size = static_cast<std::size_t>(w.size());
+    rows_ = p.variable.value().rows();
+    cols_ = p.variable.value().cols();
+    const auto size = static_cast<std::size_t>(rows_ * cols_);
     if (next_.size() < size) next_.resize(size);
     if (velocity_.size() < size) velocity_.resize(size);
+    if (stored(i) && current_.size() < size) current_.resize(size);
+    Map decoded(current_.data(), stored(i) ? rows_ : 0, stored(i) ? cols_ : 0);
+    if (stored(i)) read(weights_[i], decoded);
+    const MatrixCRef<Scalar> w =
+        stored(i) ? MatrixCRef<Scalar>(decoded) : MatrixCRef<Scalar>(p.variable.value());
     const Scalar lr = static_cast<Scalar>(options_.learning_rate);
     const Scalar mu = static_cast<Scalar>(options_.momentum);
     const Scalar decay = static_cast<Scalar>(options_.weight_decay);
@@ -288,11 +349,13 @@ class QuantizedSGD {
   WeightStorageOptions storage_;
   std::vector<Stored> weights_, momentum_;
   std::vector<Matrix<Scalar>> scalar_momentum_;
-  std::vector<Scalar> next_, velocity_;  // one parameter's update and momentum (reused)
-  Index rows_ = 0, cols_ = 0;            // the shape of the parameter in them
+  // One parameter's update, momentum and decoded weight (reused).
+  std::vector<Scalar> next_, velocity_, current_;
+  Index rows_ = 0, cols_ = 0;  // the shape of the parameter in them
   bool has_velocity_ = false;
   std::uint64_t step_ = 0;
   RoundingVariance last_, initial_;
+  std::vector<RoundingVariance> by_parameter_;
 };
 
 }  // namespace nn

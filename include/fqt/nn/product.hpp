@@ -15,6 +15,7 @@
 #include "fqt/nn/backend.hpp"
 #include "fqt/nn/detail/checks.hpp"
 #include "fqt/nn/policy.hpp"
+#include "fqt/nn/weight_storage.hpp"
 #include "fqt/quant/catalogue.hpp"
 
 namespace fqt {
@@ -60,6 +61,33 @@ class OperandStore {
         q.fake_quantize(x, rng, values_);
       }
     });
+    coded_ = as_codes;
+    borrowed_ = false;
+    filled_ = true;
+  }
+
+  /// \brief Stores a weight kept as 8-bit codes (nn::QuantizedTensor) as the operand itself,
+  /// with no quantizer: as codes (c + 128 with zero point 128, one step per row or per tensor)
+  /// when `as_codes`, else as its values — bit-identical to dequantizing those codes.
+  void assign_stored(const QuantizedTensor<std::int8_t>& t, bool as_codes) {
+    filled_ = false;
+    if (as_codes) {
+      detail::ensure_shape(codes_.codes, t.rows(), t.cols());
+      const std::int8_t* from = t.codes().data();
+      Code* to = codes_.codes.data();  // row-major, as the tensor's codes
+      for (Index k = 0; k < codes_.codes.size(); ++k) to[k] = static_cast<Code>(int(from[k]) + 128);
+      const auto groups = static_cast<Index>(t.steps().size());
+      codes_.granularity = t.per_row() ? Granularity::PerRow : Granularity::PerTensor;
+      if (codes_.scale.size() != groups) codes_.scale.resize(groups);
+      if (codes_.zero_point.size() != groups) codes_.zero_point.resize(groups);
+      for (Index k = 0; k < groups; ++k) codes_.scale(k) = static_cast<Scalar>(t.steps()[k]);
+      codes_.zero_point.setConstant(Scalar(128));
+      codes_.bits = 8;
+      codes_.transform.reset();
+    } else {
+      detail::ensure_shape(values_, t.rows(), t.cols());
+      t.read(values_);
+    }
     coded_ = as_codes;
     borrowed_ = false;
     filled_ = true;
@@ -161,6 +189,46 @@ void store_forward_operand(const QuantPolicy& policy, const QuantizerSpec& spec,
   }
   const bool codes = policy.product_backend().multiplies_codes();
   detail::naming_argument(where, what, [&] { store.quantize(spec, x, Philox(), codes); });
+}
+
+/// \brief True when the forward product multiplies a weight's stored 8-bit codes
+/// (nn::StoredWeight) as Q_f(W): they exist and the policy quantizes the forward pass to 8-bit
+/// weights. The weight is then already on an 8-bit grid, so nothing is re-quantized; below 8
+/// forward bits, and in Mode::Exact, the float view is read instead.
+inline bool uses_stored_weight(const QuantPolicy& policy,
+                               const QuantizedTensor<std::int8_t>* stored) {
+  return stored != nullptr && policy.quantizes_forward() && policy.weight_bits == 8;
+}
+
+/// \brief Throws std::invalid_argument, naming `where`, unless stored codes the forward product
+/// would use fit: their shape is the weight's (rows × cols), and when the policy's backend
+/// multiplies codes they have one step per tensor (its grad-input product contracts over the
+/// weight's rows, and its conv kernels take one weight scale).
+inline void check_stored_weight(const QuantPolicy& policy,
+                                const QuantizedTensor<std::int8_t>* stored, Index rows, Index cols,
+                                const char* where) {
+  if (!uses_stored_weight(policy, stored)) return;
+  check(stored->rows() == rows && stored->cols() == cols, where, "the weight's stored codes are ",
+        stored->rows(), " x ", stored->cols(), ", the weight ", rows, " x ", cols);
+  check(!policy.product_backend().multiplies_codes() || !stored->per_row(), where,
+        "the weight's codes have one step per row, which the ", policy.product_backend().name(),
+        " backend cannot multiply (its grad-input product contracts over the rows); store them "
+        "with one step per tensor (WeightStorageOptions::per_row = false)");
+}
+
+/// \brief The forward weight operand of a GEMM op: the stored codes when uses_stored_weight
+/// (checked by check_stored_weight; `weight`, their dequantized view, is then not read), else
+/// store_forward_operand with the policy's weight_spec().
+template <class Scalar>
+void store_forward_weight(const QuantPolicy& policy, const MatrixCRef<Scalar>& weight,
+                          const QuantizedTensor<std::int8_t>* stored, OperandStore<Scalar>& store,
+                          const char* where, bool borrow = false) {
+  if (uses_stored_weight(policy, stored)) {
+    store.assign_stored(*stored, policy.product_backend().multiplies_codes());
+  } else {
+    store_forward_operand<Scalar>(policy, policy.weight_spec(), weight, store, where, "weight",
+                                  borrow);
+  }
 }
 
 /// \brief The output gradient as the two backward products of a GEMM op take it.

@@ -21,6 +21,7 @@
 #include <cstdint>
 #include <limits>
 #include <type_traits>
+#include <utility>
 #include <vector>
 
 #include "fqt/core/error.hpp"
@@ -56,6 +57,31 @@ class QuantizedTensor {
           " x ", cols, " overflows Index");
     codes_.assign(static_cast<std::size_t>(rows * cols), Code(0));
     steps_.assign(static_cast<std::size_t>(per_row ? rows : 1), 0.0f);
+  }
+
+  /// \brief A tensor from its parts (e.g. read from a file): rows·cols codes, row-major, each of
+  /// magnitude ≤ kMaxCode, and one step per row when `per_row`, else one, each finite and ≥ 0.
+  /// \throws std::invalid_argument on a bad shape or a count that does not match it,
+  ///         std::domain_error on a code out of range or a bad step
+  QuantizedTensor(Index rows, Index cols, bool per_row, std::vector<Code> codes,
+                  std::vector<float> steps)
+      : QuantizedTensor(rows, cols, per_row) {
+    constexpr const char* kWhere = "nn::QuantizedTensor";
+    check(codes.size() == codes_.size(), kWhere, "a ", rows, " x ", cols, " tensor has ",
+          codes_.size(), " codes, got ", codes.size());
+    check(steps.size() == steps_.size(), kWhere, "a ", per_row ? "per-row" : "per-tensor", " ",
+          rows, " x ", cols, " tensor has ", steps_.size(), " steps, got ", steps.size());
+    for (std::size_t k = 0; k < codes.size(); ++k) {
+      check_domain(codes[k] >= -kMaxCode && codes[k] <= kMaxCode, kWhere, "code ", k, " is ",
+                   int(codes[k]), ", outside the symmetric range [-", kMaxCode, ", ", kMaxCode,
+                   "]");
+    }
+    for (std::size_t k = 0; k < steps.size(); ++k) {
+      check_domain(std::isfinite(steps[k]) && steps[k] >= 0, kWhere, "step ", k, " is ", steps[k],
+                   ", expected finite and >= 0");
+    }
+    codes_ = std::move(codes);
+    steps_ = std::move(steps);
   }
 
   Index rows() const { return rows_; }
@@ -164,6 +190,15 @@ class QuantizedTensor {
   bool per_row_ = true;
   std::vector<Code> codes_;
   std::vector<float> steps_, next_steps_;
+};
+
+/// \brief Where a layer finds its weight's 8-bit codes, when an optimizer that stores them
+/// (nn::QuantizedSGD with 8-bit weights) fills it: the forward product then multiplies these codes
+/// as Q_f(W) instead of quantizing the float view. Layers with a weight own one (shared with their
+/// nn::Parameter); `codes` is null while nothing stores the weight, and is owned by the optimizer,
+/// which clears it when it is destroyed.
+struct StoredWeight {
+  const QuantizedTensor<std::int8_t>* codes = nullptr;
 };
 
 }  // namespace nn

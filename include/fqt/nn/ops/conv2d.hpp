@@ -41,9 +41,12 @@ struct Conv2dCache {
   /// `borrow_exact_operands` says). Read by each forward pass; results are bit-identical.
   ConvColumns columns = ConvColumns::Keep;
   ConvColumns forward_columns = ConvColumns::Keep;  ///< what the last forward pass did
-  QuantPolicy policy;                               ///< the policy of the forward pass
-  Conv2dGeometry geometry;                          ///< the geometry of the forward pass
-  Index batch = 0;                                  ///< N
+  /// The weight's 8-bit codes, when an optimizer stores them (nn::StoredWeight): with 8-bit
+  /// forward weights, the product multiplies them instead of quantizing W (store_forward_weight)
+  const QuantizedTensor<std::int8_t>* stored_weight = nullptr;
+  QuantPolicy policy;       ///< the policy of the forward pass
+  Conv2dGeometry geometry;  ///< the geometry of the forward pass
+  Index batch = 0;          ///< N
   /// X̂ = Q_f(X), N × (C·H·W); in Mode::Exact X with ConvColumns::Recompute, unused with Keep
   OperandStore<Scalar> input;
   OperandStore<Scalar> weight;           ///< Ŵ = Q_f(W) (W in Mode::Exact), K × (C·kh·kw)
@@ -99,6 +102,7 @@ void conv2d_forward(const detail::ConstMatrix<Scalar>& input,
   detail::check_finite(input, kWhere, "input");
   detail::check_finite(weight, kWhere, "weight");
   detail::check_finite(bias, kWhere, "bias");
+  check_stored_weight(policy, cache.stored_weight, weight.rows(), weight.cols(), kWhere);
 
   // Every check has passed: from here on the cache is incomplete until the pass finishes.
   cache.complete = false;
@@ -106,8 +110,8 @@ void conv2d_forward(const detail::ConstMatrix<Scalar>& input,
   cache.geometry = g;
   cache.batch = n;
   cache.forward_columns = cache.columns;
-  store_forward_operand<Scalar>(policy, policy.weight_spec(), weight, cache.weight, kWhere,
-                                "weight", cache.borrow_exact_operands);
+  store_forward_weight<Scalar>(policy, weight, cache.stored_weight, cache.weight, kWhere,
+                               cache.borrow_exact_operands);
   // In Mode::Exact the backend reads X itself: no copy, unless the backward needs X again.
   Operand<Scalar> x = Operand<Scalar>::values(input);
   const bool recompute = cache.columns == ConvColumns::Recompute;

@@ -28,6 +28,9 @@ struct LinearCache {
   /// Mode::Exact refers to X and W instead of copying them: the caller then keeps both alive and
   /// unchanged until the matching backward (fqt's autograd layers do, and set this)
   bool borrow_exact_operands = false;
+  /// The weight's 8-bit codes, when an optimizer stores them (nn::StoredWeight): with 8-bit
+  /// forward weights, the product multiplies them instead of quantizing W (store_forward_weight)
+  const QuantizedTensor<std::int8_t>* stored_weight = nullptr;
   QuantPolicy policy;          ///< the policy of the forward pass (backward follows it)
   OperandStore<Scalar> input;  ///< X̂ = Q_f(X) (X itself, or a view of it, in Mode::Exact), N × in
   OperandStore<Scalar>
@@ -71,6 +74,7 @@ void linear_forward(const detail::ConstMatrix<Scalar>& input,
   detail::check_finite(input, kWhere, "input");
   detail::check_finite(weight, kWhere, "weight");
   detail::check_finite(bias, kWhere, "bias");
+  check_stored_weight(policy, cache.stored_weight, weight.rows(), weight.cols(), kWhere);
 
   // Every check has passed: from here on the cache is incomplete until the pass finishes.
   cache.complete = false;
@@ -80,8 +84,8 @@ void linear_forward(const detail::ConstMatrix<Scalar>& input,
   cache.out_features = weight.rows();
   store_forward_operand<Scalar>(policy, policy.activation_spec(), input, cache.input, kWhere,
                                 "input", cache.borrow_exact_operands);
-  store_forward_operand<Scalar>(policy, policy.weight_spec(), weight, cache.weight, kWhere,
-                                "weight", cache.borrow_exact_operands);
+  store_forward_weight<Scalar>(policy, weight, cache.stored_weight, cache.weight, kWhere,
+                               cache.borrow_exact_operands);
   policy.product_backend().linear_forward(cache.input.operand(), cache.weight.operand(), output,
                                           cache.state);
   if (bias.size() > 0) output.rowwise() += bias.transpose();
