@@ -236,6 +236,9 @@ TEST_CASE("QuantizedSGD: int8 weights and 8-bit momentum take under 0.3x fp32's 
   // The codes: one byte per weight plus a float step per row; the biases stay in float.
   CHECK(m.weights == std::size_t(64 * 288 + 64 * 4 * 2 + 64 * 4));
   CHECK(m.views == std::size_t(64 * 288 * 4));
+  // The update runs row by row: its workspace is four rows of the weight and the bias's update
+  // and momentum, not a float copy of the weight.
+  CHECK(m.workspace == std::size_t((4 * 288 + 2 * 64) * 4));
 }
 
 TEST_CASE("QuantizedSGD rejects bad options and bad steps, and changes nothing then",

@@ -136,48 +136,37 @@ class QuantizedSGD {
       const std::string what = "gradient of parameter '" + p.name + "'";
       detail::check_finite(p.variable.grad(), kWhere, what.c_str());
     }
-    // Pass 1 computes every update and checks it; pass 2 computes it again and commits, so that
-    // the only buffers are one parameter's (no staged copy of the model).
+    // Pass 1 computes every update and checks it (and fits the new grids of the codes); pass 2
+    // computes it again and commits. A stored parameter's update is computed one row at a time,
+    // so the only buffers are a few rows (and the largest parameter kept in Scalar): no staged
+    // copy of the model, and no float copy of a stored weight.
     for (std::size_t i = 0; i < parameters_.size(); ++i) {
       if (!parameters_[i].variable.has_grad()) continue;
+      if (stored(i)) {
+        stored_pass(i, false);
+        continue;
+      }
       update(i);
       const std::string what = "parameter '" + parameters_[i].name + "' after the update,";
       detail::check_finite(next(), kWhere, what.c_str());
       const std::string momentum = "momentum of parameter '" + parameters_[i].name + "',";
       if (has_velocity_) detail::check_finite(velocity(), kWhere, momentum.c_str());
-      if (stored(i)) {
-        check_domain(rows_ * cols_ == 0 || double(next().cwiseAbs().maxCoeff()) <= kLargest, kWhere,
-                     what, " exceeds what its codes can hold");
-        check_domain(!has_velocity_ || rows_ * cols_ == 0 ||
-                         double(velocity().cwiseAbs().maxCoeff()) <= kLargest,
-                     kWhere, momentum, " exceeds what its codes can hold");
-      }
     }
     RoundingVariance rounding;
     by_parameter_.assign(parameters_.size(), RoundingVariance{});
     for (std::size_t i = 0; i < parameters_.size(); ++i) {
       auto& p = parameters_[i];
       if (!p.variable.has_grad()) continue;
-      update(i);
-      RoundingVariance& mine = by_parameter_[i];
-      if (options_.momentum != 0) {
-        if (stored(i) && storage_.momentum_bits != 0) {
-          if (std::holds_alternative<std::monostate>(momentum_[i])) {
-            momentum_[i] = make(storage_.momentum_bits, rows_, cols_);
-          }
-          mine.momentum = write(momentum_[i], velocity(), storage_.rng.substream(step_, i, 1));
-          rounding.momentum += mine.momentum;
-        } else {
-          scalar_momentum_[i] = velocity();
-        }
-      }
       if (stored(i)) {
-        mine.weights = write(weights_[i], next(), storage_.rng.substream(step_, i, 0));
-        rounding.weights += mine.weights;
+        by_parameter_[i] = stored_pass(i, true);
+        rounding.weights += by_parameter_[i].weights;
+        rounding.momentum += by_parameter_[i].momentum;
         read(weights_[i], p.variable.value());
-      } else {
-        p.variable.value() = next();
+        continue;
       }
+      update(i);
+      if (options_.momentum != 0) scalar_momentum_[i] = velocity();
+      p.variable.value() = next();
     }
     last_ = rounding;
     ++step_;
@@ -245,7 +234,9 @@ class QuantizedSGD {
       m.state += bytes(momentum_[i]) +
                  static_cast<std::size_t>(scalar_momentum_[i].size()) * sizeof(Scalar);
     }
-    m.workspace = (next_.capacity() + velocity_.capacity() + current_.capacity()) * sizeof(Scalar);
+    m.workspace = (next_.capacity() + velocity_.capacity() + row_.capacity() +
+                   next_row_.capacity() + velocity_row_.capacity() + old_velocity_row_.capacity()) *
+                  sizeof(Scalar);
     return m;
   }
 
@@ -266,24 +257,21 @@ class QuantizedSGD {
   }
 
   using Map = Eigen::Map<Matrix<Scalar>>;
-  // One parameter's update w′ and momentum v, in buffers as large as the largest parameter.
+  // The update w′ and momentum v of a parameter kept in Scalar, in buffers as large as the
+  // largest such parameter (a bias).
   Map next() { return Map(next_.data(), rows_, cols_); }
   Map velocity() { return Map(velocity_.data(), rows_, cols_); }
 
-  // next() = w′ and velocity() = v of parameter i, from its gradient, weight and momentum. A
-  // stored weight is read from its codes (into current_), never from the view.
+  // next() = w′ and velocity() = v of parameter i (kept in Scalar), from its gradient, value and
+  // momentum.
   void update(std::size_t i) {
     const auto& p = parameters_[i];
-    rows_ = p.variable.value().rows();
-    cols_ = p.variable.value().cols();
-    const auto size = static_cast<std::size_t>(rows_ * cols_);
+    const Matrix<Scalar>& w = p.variable.value();
+    rows_ = w.rows();
+    cols_ = w.cols();
+    const auto size = static_cast<std::size_t>(w.size());
     if (next_.size() < size) next_.resize(size);
     if (velocity_.size() < size) velocity_.resize(size);
-    if (stored(i) && current_.size() < size) current_.resize(size);
-    Map decoded(current_.data(), stored(i) ? rows_ : 0, stored(i) ? cols_ : 0);
-    if (stored(i)) read(weights_[i], decoded);
-    const MatrixCRef<Scalar> w =
-        stored(i) ? MatrixCRef<Scalar>(decoded) : MatrixCRef<Scalar>(p.variable.value());
     const Scalar lr = static_cast<Scalar>(options_.learning_rate);
     const Scalar mu = static_cast<Scalar>(options_.momentum);
     const Scalar decay = static_cast<Scalar>(options_.weight_decay);
@@ -292,14 +280,8 @@ class QuantizedSGD {
     if (p.weight_decay && decay != 0) d += decay * w;
     has_velocity_ = mu != 0;
     if (has_velocity_) {
-      const bool coded = stored(i) && storage_.momentum_bits != 0;
-      const bool first = coded ? std::holds_alternative<std::monostate>(momentum_[i])
-                               : scalar_momentum_[i].size() == 0;
-      if (first) {
+      if (scalar_momentum_[i].size() == 0) {
         v = d;  // PyTorch: the first step initialises the buffer with the gradient
-      } else if (coded) {
-        read(momentum_[i], v);
-        v = mu * v + d;
       } else {
         v = mu * scalar_momentum_[i] + d;
       }
@@ -310,6 +292,117 @@ class QuantizedSGD {
       }
     }
     d = w - lr * d;
+  }
+
+  // One pass over the rows of stored parameter i: row r's update w′ (into next_row_) and
+  // momentum v (into velocity_row_) from its gradient, its codes and its momentum, the same
+  // rule as update(). Pass 1 (`commit` false) checks them and fits the new grids; pass 2
+  // computes them again and writes them, returning the rounding error of the writes. Row r's
+  // old codes and momentum are read before row r is written, so both passes see the old ones.
+  RoundingVariance stored_pass(std::size_t i, bool commit) {
+    constexpr const char* kWhere = "nn::QuantizedSGD::step";
+    const auto& p = parameters_[i];
+    const Matrix<Scalar>& g = p.variable.grad();
+    const Index rows = g.rows(), cols = g.cols();
+    const auto width = static_cast<std::size_t>(cols);
+    for (auto* b : {&row_, &next_row_, &velocity_row_, &old_velocity_row_}) {
+      if (b->size() < width) b->resize(width);
+    }
+    const Scalar lr = static_cast<Scalar>(options_.learning_rate);
+    const Scalar mu = static_cast<Scalar>(options_.momentum);
+    const Scalar decay = static_cast<Scalar>(options_.weight_decay);
+    const bool velocity = mu != 0;
+    const bool coded = velocity && storage_.momentum_bits != 0;
+    // A first step (no momentum yet) starts the momentum with the gradient. A coded momentum
+    // created here by pass 1 holds zeros, which gives the same v = 0·μ + g.
+    if (coded && std::holds_alternative<std::monostate>(momentum_[i])) {
+      momentum_[i] = make(storage_.momentum_bits, rows, cols);
+    }
+    const bool first = velocity && !coded && scalar_momentum_[i].size() == 0;
+    if (commit && velocity && !coded && first) scalar_momentum_[i].resize(rows, cols);
+    Stored& w = weights_[i];
+    Stored* m = coded ? &momentum_[i] : nullptr;
+    if (!commit) {
+      begin_write(w);
+      if (m) begin_write(*m);
+    }
+    const Philox weight_rng = storage_.rng.substream(step_, i, 0);
+    const Philox momentum_rng = storage_.rng.substream(step_, i, 1);
+    RoundingVariance error;
+    for (Index r = 0; r < rows; ++r) {
+      Scalar *x = row_.data(), *next = next_row_.data(), *v = velocity_row_.data();
+      read_row(w, r, x);
+      if (m) read_row(*m, r, old_velocity_row_.data());
+      for (Index c = 0; c < cols; ++c) {
+        Scalar d = g(r, c);
+        if (decay != 0) d += decay * x[c];
+        if (velocity) {
+          const Scalar old = m ? old_velocity_row_[static_cast<std::size_t>(c)]
+                               : (first ? Scalar(0) : scalar_momentum_[i](r, c));
+          v[c] = first ? d : mu * old + d;
+          d = options_.nesterov ? d + mu * v[c] : v[c];
+        }
+        next[c] = x[c] - lr * d;
+      }
+      if (!commit) {
+        check_row(next, cols, r, "parameter '" + p.name + "' after the update,", kWhere);
+        fit_row(w, r, next);
+        if (velocity) check_row(v, cols, r, "momentum of parameter '" + p.name + "',", kWhere);
+        if (m) fit_row(*m, r, v);
+        continue;
+      }
+      if (m) {
+        error.momentum += write_row(*m, r, v, momentum_rng);
+      } else if (velocity) {
+        for (Index c = 0; c < cols; ++c) scalar_momentum_[i](r, c) = v[c];
+      }
+      error.weights += write_row(w, r, next, weight_rng);
+    }
+    if (commit) {
+      end_write(w);
+      if (m) end_write(*m);
+    }
+    return error;
+  }
+
+  // Throws std::domain_error naming `what` unless the row's values are finite and within what
+  // codes with a float step can hold.
+  static void check_row(const Scalar* values, Index cols, Index r, const std::string& what,
+                        const char* where) {
+    for (Index c = 0; c < cols; ++c) {
+      const double v = static_cast<double>(values[c]);
+      check_domain(std::isfinite(v), where, what, " element (", r, ", ", c, ") is ", v);
+      check_domain(std::abs(v) <= kLargest, where, what, " exceeds what its codes can hold");
+    }
+  }
+
+  template <class F>
+  static auto on_codes(Stored& s, F&& f) {
+    return std::visit(
+        [&](auto& t) {
+          if constexpr (std::is_same_v<std::decay_t<decltype(t)>, std::monostate>) {
+            FQT_ASSERT(false);
+            return decltype(f(std::declval<Codes8&>()))();
+          } else {
+            return f(t);
+          }
+        },
+        s);
+  }
+  static void begin_write(Stored& s) {
+    on_codes(s, [](auto& t) { t.begin_write(); });
+  }
+  static void end_write(Stored& s) {
+    on_codes(s, [](auto& t) { t.end_write(); });
+  }
+  static void read_row(Stored& s, Index r, Scalar* out) {
+    on_codes(s, [&](auto& t) { t.read_row(r, out); });
+  }
+  static void fit_row(Stored& s, Index r, const Scalar* values) {
+    on_codes(s, [&](auto& t) { t.fit_row(r, values); });
+  }
+  static double write_row(Stored& s, Index r, const Scalar* values, const Philox& rng) {
+    return on_codes(s, [&](auto& t) { return t.write_row(r, values, rng); });
   }
 
   template <class Derived>
@@ -349,8 +442,10 @@ class QuantizedSGD {
   WeightStorageOptions storage_;
   std::vector<Stored> weights_, momentum_;
   std::vector<Matrix<Scalar>> scalar_momentum_;
-  // One parameter's update, momentum and decoded weight (reused).
-  std::vector<Scalar> next_, velocity_, current_;
+  // A parameter kept in Scalar: its update and momentum; a stored one: one row of its decoded
+  // weight, update, momentum and old momentum (all reused).
+  std::vector<Scalar> next_, velocity_;
+  std::vector<Scalar> row_, next_row_, velocity_row_, old_velocity_row_;
   Index rows_ = 0, cols_ = 0;  // the shape of the parameter in them
   bool has_velocity_ = false;
   std::uint64_t step_ = 0;

@@ -124,48 +124,54 @@ class QuantizedTensor {
   ///         value whose step overflows float; the tensor is then unchanged
   template <class Derived>
   double write(const Eigen::MatrixBase<Derived>& x, const Philox& rng) {
-    constexpr const char* kWhere = "nn::QuantizedTensor::write";
-    check(x.rows() == rows_ && x.cols() == cols_, kWhere, "values are ", x.rows(), " x ", x.cols(),
-          ", the tensor ", rows_, " x ", cols_);
+    check(x.rows() == rows_ && x.cols() == cols_, "nn::QuantizedTensor::write", "values are ",
+          x.rows(), " x ", x.cols(), ", the tensor ", rows_, " x ", cols_);
     // The steps first (and every check): nothing is written unless all of them pass.
-    const Index groups = per_row_ ? rows_ : 1;
-    next_steps_.assign(static_cast<std::size_t>(groups), 0.0f);
-    for (Index r = 0; r < rows_; ++r) {
-      double largest = 0;
-      for (Index c = 0; c < cols_; ++c) {
-        const double v = static_cast<double>(x(r, c));
-        check_domain(std::isfinite(v), kWhere, "value (", r, ", ", c, ") is ", v);
-        largest = std::max(largest, std::abs(v));
-      }
-      float& s = next_steps_[static_cast<std::size_t>(per_row_ ? r : 0)];
-      s = std::max(s, fitted_step(largest, kWhere));
-    }
+    begin_write();
+    for (Index r = 0; r < rows_; ++r) fit_row_impl(r, [&](Index c) { return x(r, c); });
     double mse = 0;
-    std::array<std::uint32_t, 4> words{};
     for (Index r = 0; r < rows_; ++r) {
-      const double s = next_steps_[static_cast<std::size_t>(per_row_ ? r : 0)];
-      Code* row = codes_.data() + r * cols_;
-      for (Index c = 0; c < cols_; ++c) {
-        const auto k = static_cast<std::uint64_t>(r * cols_ + c);
-        if (k % 4 == 0 || c == 0) words = rng.block(k / 4);
-        if (s == 0) {  // an all-zero group: exact zeros
-          row[c] = Code(0);
-          continue;
-        }
-        // |y| ≤ kMaxCode by the choice of the step (up to the rounding of the division, which
-        // never rounds a code past it: see the clamp).
-        const double y = static_cast<double>(x(r, c)) / s;
-        const double fl = std::floor(y), f = y - fl;
-        const double u = (double(words[k % 4]) + 0.5) * 0x1.0p-32;
-        const double q = std::clamp(fl + (f > u ? 1.0 : 0.0), double(-kMaxCode), double(kMaxCode));
-        row[c] = static_cast<Code>(q);
-        const double p = round_up_probability(f);
-        mse += s * s * (p * (1 - p) + (p - f) * (p - f));
-      }
+      mse += write_row_impl(
+          r, [&](Index c) { return x(r, c); }, rng);
     }
-    steps_.swap(next_steps_);
+    end_write();
     return mse;
   }
+
+  /// \name A write row by row
+  /// What write() does, for values produced one row at a time (an optimizer's update, without a
+  /// buffer of the whole tensor): begin_write(); fit_row(r, ·) for every row (the steps and every
+  /// check); write_row(r, ·, rng) for every row with the same values; end_write(). Until
+  /// end_write() the steps, and the codes of the rows not yet written, are the old ones, so
+  /// read_row(r) still gives row r's old values before write_row(r). A throw from fit_row
+  /// leaves the tensor as it was (begin_write() starts again). The codes are those write() would
+  /// give: element k takes word k mod 4 of block k/4 of `rng`.
+  ///@{
+  /// \brief Starts a write: no row fitted yet.
+  void begin_write() { next_steps_.assign(static_cast<std::size_t>(per_row_ ? rows_ : 1), 0.0f); }
+  /// \brief Fits row r's values (cols() of them) into the new steps.
+  /// \throws std::domain_error on a NaN/Inf value or one whose step overflows float
+  template <class T>
+  void fit_row(Index r, const T* values) {
+    fit_row_impl(r, [&](Index c) { return values[c]; });
+  }
+  /// \brief Rounds row r's values (those fitted) onto the new grid; returns their exact
+  /// E‖Q(x) − x‖².
+  template <class T>
+  double write_row(Index r, const T* values, const Philox& rng) {
+    return write_row_impl(
+        r, [&](Index c) { return values[c]; }, rng);
+  }
+  /// \brief Ends the write: the new steps become the tensor's.
+  void end_write() { steps_.swap(next_steps_); }
+  /// \brief Writes row r's values into out (cols() of them).
+  template <class T>
+  void read_row(Index r, T* out) const {
+    const double s = step(r);
+    const Code* row = codes_.data() + r * cols_;
+    for (Index c = 0; c < cols_; ++c) out[c] = static_cast<T>(s * double(row[c]));
+  }
+  ///@}
 
   /// \brief P(round up) for fraction f with the 32-bit uniforms (r + ½)/2³²: ⌈f·2³² − ½⌉/2³².
   static double round_up_probability(double f) {
@@ -174,6 +180,47 @@ class QuantizedTensor {
   }
 
  private:
+  std::size_t group(Index r) const { return static_cast<std::size_t>(per_row_ ? r : 0); }
+
+  template <class Value>
+  void fit_row_impl(Index r, Value&& value) {
+    constexpr const char* kWhere = "nn::QuantizedTensor::write";
+    double largest = 0;
+    for (Index c = 0; c < cols_; ++c) {
+      const double v = static_cast<double>(value(c));
+      check_domain(std::isfinite(v), kWhere, "value (", r, ", ", c, ") is ", v);
+      largest = std::max(largest, std::abs(v));
+    }
+    float& s = next_steps_[group(r)];
+    s = std::max(s, fitted_step(largest, kWhere));
+  }
+
+  template <class Value>
+  double write_row_impl(Index r, Value&& value, const Philox& rng) {
+    const double s = next_steps_[group(r)];
+    Code* row = codes_.data() + r * cols_;
+    std::array<std::uint32_t, 4> words{};
+    double mse = 0;
+    for (Index c = 0; c < cols_; ++c) {
+      const auto k = static_cast<std::uint64_t>(r * cols_ + c);
+      if (k % 4 == 0 || c == 0) words = rng.block(k / 4);
+      if (s == 0) {  // an all-zero group: exact zeros
+        row[c] = Code(0);
+        continue;
+      }
+      // |y| ≤ kMaxCode by the choice of the step (up to the rounding of the division, which
+      // never rounds a code past it: see the clamp).
+      const double y = static_cast<double>(value(c)) / s;
+      const double fl = std::floor(y), f = y - fl;
+      const double u = (double(words[k % 4]) + 0.5) * 0x1.0p-32;
+      const double q = std::clamp(fl + (f > u ? 1.0 : 0.0), double(-kMaxCode), double(kMaxCode));
+      row[c] = static_cast<Code>(q);
+      const double p = round_up_probability(f);
+      mse += s * s * (p * (1 - p) + (p - f) * (p - f));
+    }
+    return mse;
+  }
+
   // The smallest float step s with largest / s ≤ kMaxCode (0 for an all-zero group).
   static float fitted_step(double largest, const char* where) {
     if (largest == 0) return 0.0f;
