@@ -92,6 +92,8 @@ struct Options {
   int seeds = 2;  // the two lowest bit widths (and QAT) again with seeds seed+1 .. seed+seeds-1
   // Empty: the default series; given, every quantizer on every grid.
   std::vector<std::string> compare_quantizers, compare_grids;
+  // The rows of FQT without master weights (bhq-4-paper with int16, int8 codes), or "none".
+  std::vector<std::string> compare_weights = {"int16", "int8"};
   fqt_train::VarianceOptions variance;
   std::string progress_name = "auto";
 
@@ -103,7 +105,8 @@ struct Options {
   CLI::Option *save_opt = nullptr, *load_opt = nullptr, *profile_opt = nullptr,
               *variance_table_opt = nullptr;
   CLI::Option *csv_opt = nullptr, *plot_opt = nullptr, *compare_bits_opt = nullptr,
-              *compare_quantizers_opt = nullptr, *compare_grids_opt = nullptr, *seeds_opt = nullptr;
+              *compare_quantizers_opt = nullptr, *compare_grids_opt = nullptr, *seeds_opt = nullptr,
+              *compare_weights_opt = nullptr;
 
   // resolved
   bool compare = false;         // the comparison (no --mode and no --eval-only)
@@ -322,9 +325,10 @@ void add_compare_options(CLI::App& app, Options& o) {
                               "PREFIX_variance.png, with gnuplot ('' for none)")
                    ->capture_default_str();
   o.seeds_opt = app.add_option("--seeds", o.seeds,
-                               "comparison: seeds of the two lowest bit widths (and of QAT): the "
-                               "runs again with seed+1, ..., their accuracy's mean and spread; 1 "
-                               "for none (the tables use the first seed)")
+                               "comparison: seeds of the two lowest bit widths (and of QAT and "
+                               "the runs without master weights): the runs again with seed+1, "
+                               "..., their accuracy's mean and spread; 1 for none (the tables "
+                               "use the first seed)")
                     ->check(CLI::Range(1, 16))
                     ->capture_default_str();
   o.compare_bits_opt =
@@ -344,6 +348,14 @@ void add_compare_options(CLI::App& app, Options& o) {
                      "auto when only --compare-quantizers is given)")
           ->delimiter(',')
           ->check(CLI::IsMember(fqt_examples::grid_names(), CLI::ignore_case));
+  o.compare_weights_opt =
+      app.add_option("--compare-weights", o.compare_weights,
+                     "comparison: rows of FQT without master weights, BHQ 4-bit grad-input on "
+                     "the paper grid with weights and momentum stored as int16 or int8 codes, "
+                     "beside the same run with fp32 master weights ('none' for no rows)")
+          ->delimiter(',')
+          ->check(CLI::IsMember({"int16", "int8", "none"}))
+          ->capture_default_str();
   app.add_option("--profile-passes", o.variance.fqt_passes,
                  "variance profile: K FQT backward passes on one batch")
       ->check(CLI::Range(2, 100000))
@@ -372,8 +384,9 @@ void check_usage(const Options& o) {
       }
     }
   } else {
-    for (const CLI::Option* opt : {o.compare_bits_opt, o.compare_quantizers_opt,
-                                   o.compare_grids_opt, o.csv_opt, o.plot_opt, o.seeds_opt}) {
+    for (const CLI::Option* opt :
+         {o.compare_bits_opt, o.compare_quantizers_opt, o.compare_grids_opt, o.csv_opt, o.plot_opt,
+          o.seeds_opt, o.compare_weights_opt}) {
       if (opt->count() > 0) {
         throw UsageError(opt->get_name() + " applies to the comparison only (no --mode)");
       }
@@ -522,6 +535,10 @@ fqt_train::CompareOptions compare_options(const Options& o) {
     if (grids.empty()) grids = {fqt::Grid::Paper, fqt::Grid::Auto};
     options.series = fqt_examples::cross_series(kinds, grids);
   }
+  options.storage_weight_bits.clear();
+  for (const auto& w : o.compare_weights) {
+    if (w != "none") options.storage_weight_bits.push_back(w == "int16" ? 16 : 8);
+  }
   options.variance = o.variance;
   options.workers = o.threads;
   options.validate();
@@ -578,6 +595,14 @@ void print_compare_report(const Options& o, const std::vector<fqt_train::RunResu
   fqt_train::write_markdown(report, results);
   report << "\n## Accuracy % (variance ratio at the end) by grad-input bits\n\n";
   fqt_train::write_pivot(report, results);
+  if (!results.empty()) {
+    report << "\n## Memory: the baselines and the weights without a master copy\n\n"
+           << "Bytes per parameter (" << results.front().train.optimizer_memory.parameters
+           << " parameters) of what the optimizer keeps; layer caches: what the layers keep "
+              "between two steps for a batch of "
+           << o.train.batch_size << ".\n\n";
+    fqt_train::write_memory(report, results);
+  }
   report << "\n## Reading (computed from the runs above)\n\n"
          << fqt_train::reading(results, d.test_set.size(), d.test_set.classes) << "\n";
   std::fputs(report.str().c_str(), stdout);
@@ -601,7 +626,8 @@ void write_compare_files(const Options& o, const fqt_train::CompareOptions& opti
   }
 }
 
-// The two lowest bit widths of every series, and QAT, again with seeds seed+1 .. seed+seeds−1
+// The two lowest bit widths of every series, QAT, and the rows of weights without a master copy
+// with their reference, again with seeds seed+1 .. seed+seeds−1
 // (the seed draws the initial weights, the data order and the noise): each run's accuracy per
 // seed, the mean and the spread (max − min). One seed cannot separate differences of a point.
 void print_seed_spread(const Options& o, const fqt_train::CompareOptions& first_options,
@@ -613,8 +639,10 @@ void print_seed_spread(const Options& o, const fqt_train::CompareOptions& first_
   auto add = [&](const std::vector<fqt_train::RunResult>& results) {
     for (const auto& r : results) {
       const bool fqt = r.spec.policy.mode == nn::Mode::FQT;
+      const bool storage = r.spec.storage_row || r.spec.storage_reference;
       if (r.spec.policy.mode == nn::Mode::Exact ||
-          (fqt && std::find(low.begin(), low.end(), r.spec.policy.grad_input.bits) == low.end()))
+          (fqt && !storage &&
+           std::find(low.begin(), low.end(), r.spec.policy.grad_input.bits) == low.end()))
         continue;
       auto it = std::find_if(rows.begin(), rows.end(),
                              [&](const auto& row) { return row.first == r.spec.name; });
@@ -631,8 +659,12 @@ void print_seed_spread(const Options& o, const fqt_train::CompareOptions& first_
     options.variance.sampling_batches = 0;
     add(fqt_train::run_compare(o.architecture, options, d.train_set, d.test_set, o.progress_style));
   }
-  std::printf("\n## Seeds: the %s-bit runs and QAT with seeds %llu..%llu\n\n",
-              join(low, " and ").c_str(), static_cast<unsigned long long>(first_options.train.seed),
+  std::printf("\n## Seeds: the %s-bit runs, QAT%s with seeds %llu..%llu\n\n",
+              join(low, " and ").c_str(),
+              first_options.storage_weight_bits.empty()
+                  ? ""
+                  : " and the runs without master weights (with their reference)",
+              static_cast<unsigned long long>(first_options.train.seed),
               static_cast<unsigned long long>(first_options.train.seed + o.seeds - 1));
   std::printf(
       "Test accuracy %% per seed (the first is the table's), mean and spread (max - min):\n\n");
@@ -721,9 +753,10 @@ void print_single_header(const Options& o, const Data& d, const fqt_train::Model
               static_cast<long long>(model.parameter_count()));
 }
 
-// Trains with the table of epochs on stdout; false when training diverged.
-bool train_and_print(const Options& o, const Data& d, fqt_train::Model& model) {
-  const fqt_train::TrainOptions& t = o.train;
+// Trains with the options `t` (o.train, perhaps with loaded codes), the table of epochs on
+// stdout, into `result`; false when training diverged.
+bool train_and_print(const Options& o, const fqt_train::TrainOptions& t, const Data& d,
+                     fqt_train::Model& model, fqt_train::TrainResult& result) {
   std::printf("training: %d epochs, batch %lld, %s, seed %llu, %d thread(s)\n\n", t.epochs,
               static_cast<long long>(t.batch_size), schedule_text(t).c_str(),
               static_cast<unsigned long long>(t.seed), o.threads);
@@ -731,7 +764,7 @@ bool train_and_print(const Options& o, const Data& d, fqt_train::Model& model) {
   std::printf("|--:|--:|--:|--:|--:|--:|\n");
   std::fflush(stdout);
   fqt_train::Progress progress(o.progress_style);
-  const auto result = fqt_train::train(model, d.train_set, d.test_set, t, progress);
+  result = fqt_train::train(model, d.train_set, d.test_set, t, progress);
   for (const auto& e : result.epochs) {
     std::printf("| %d | %.4f | %.2f%% | %.2f%% | %.1f | %.0f |\n", e.epoch, e.train_loss,
                 100 * e.train_accuracy, 100 * e.test_accuracy, e.seconds, e.images_per_second);
@@ -760,8 +793,11 @@ bool train_and_print(const Options& o, const Data& d, fqt_train::Model& model) {
   return true;
 }
 
-// The gradient variance decomposition per tensor (--profile).
-void print_profile(const Options& o, const Data& d, fqt_train::Model& model) {
+// The gradient variance decomposition per tensor (--profile), with coded weights beside the
+// variance their stochastic rounding added per step (`rounding`, over lr^2, the last epoch's
+// mean).
+void print_profile(const Options& o, const Data& d, fqt_train::Model& model,
+                   const std::vector<std::pair<std::string, double>>& rounding) {
   fqt_train::VarianceOptions variance = o.variance;
   variance.batch_size = o.train.batch_size;
   variance.seed = o.train.seed;
@@ -772,31 +808,110 @@ void print_profile(const Options& o, const Data& d, fqt_train::Model& model) {
       "quantization variance also with only the grad-input or only the grad-weight quantizer, K "
       "passes each):\n",
       v.fqt_passes, v.sampling_batches);
+  const bool coded = !rounding.empty();
+  if (coded) {
+    std::printf(
+        "weight rounding: the exact E|Q(w') - w'|^2 of the weights' stochastic rounding per "
+        "step, over lr^2 (the gradient variance that would move the weights as much), the last "
+        "epoch's mean; 0 for tensors kept in float\n");
+  }
   std::printf(
-      "| tensor | quantization | grad-input path | grad-weight path | QAT sampling | ratio |\n"
-      "|---|--:|--:|--:|--:|--:|\n");
-  double input = 0, weight = 0;
+      "| tensor | quantization | grad-input path | grad-weight path | QAT sampling | ratio |%s\n"
+      "|---|--:|--:|--:|--:|--:|%s\n",
+      coded ? " weight rounding | rounding / sampling |" : "", coded ? "--:|--:|" : "");
+  double input = 0, weight = 0, rounded = 0;
   for (const auto& t : v.tensors) {
-    std::printf("| %s | %.4g | %.4g | %.4g | %.4g | %.3g |\n", t.name.c_str(), t.quantization,
+    std::printf("| %s | %.4g | %.4g | %.4g | %.4g | %.3g |", t.name.c_str(), t.quantization,
                 t.grad_input, t.grad_weight, t.sampling,
                 t.sampling > 0 ? t.quantization / t.sampling : 0.0);
     input += t.grad_input;
     weight += t.grad_weight;
+    if (coded) {
+      double r = 0;
+      for (const auto& [name, value] : rounding) {
+        if (name == t.name) r = value;
+      }
+      rounded += r;
+      std::printf(" %.4g | %.3g |", r, t.sampling > 0 ? r / t.sampling : 0.0);
+    }
+    std::printf("\n");
   }
-  std::printf("| total | %.4g | %.4g | %.4g | %.4g | %.3g |\n", v.quantization, input, weight,
+  std::printf("| total | %.4g | %.4g | %.4g | %.4g | %.3g |", v.quantization, input, weight,
               v.sampling, v.ratio());
+  if (coded) std::printf(" %.4g | %.3g |", rounded, v.sampling > 0 ? rounded / v.sampling : 0.0);
+  std::printf("\n");
 }
+
+// How a parameter file or a run holds the weights (fqt_train::stored_bits): "int8 codes", "int16
+// codes", "float32 values" (32), "int8 and int16 codes" (0); with `file` false, the --weights
+// name: int8, int16, fp32.
+const char* storage_text(int bits, bool file = true) {
+  if (bits == 0) return "int8 and int16 codes";
+  if (bits == 8) return file ? "int8 codes" : "int8";
+  if (bits == 16) return file ? "int16 codes" : "int16";
+  return file ? "float32 values" : "fp32";
+}
+
+// For its scope, points the layers' weight slots at loaded 8-bit codes, so that an 8-bit forward
+// pass multiplies the codes themselves as its quantized weights, as it did in training
+// (nn::StoredWeight), instead of quantizing their dequantized values again on its own grid.
+// Codes with a step per row stay out on a backend that multiplies codes (it takes one step per
+// tensor): the pass quantizes their values then.
+class AttachedCodes {
+ public:
+  AttachedCodes(std::vector<nn::Parameter<float>> parameters, const fqt_train::StoredWeights& codes,
+                const nn::QuantPolicy& policy)
+      : parameters_(std::move(parameters)) {
+    const bool one_step = policy.product_backend().multiplies_codes();
+    for (std::size_t i = 0; i < parameters_.size() && i < codes.size(); ++i) {
+      const auto* t = std::get_if<nn::QuantizedTensor<std::int8_t>>(&codes[i]);
+      if (t != nullptr && parameters_[i].stored && !(one_step && t->per_row())) {
+        parameters_[i].stored->codes = t;
+      }
+    }
+  }
+  ~AttachedCodes() {
+    for (auto& p : parameters_) {
+      if (p.stored) p.stored->codes = nullptr;
+    }
+  }
+  AttachedCodes(const AttachedCodes&) = delete;
+  AttachedCodes& operator=(const AttachedCodes&) = delete;
+
+ private:
+  std::vector<nn::Parameter<float>> parameters_;
+};
 
 Outcome run_single(const Options& o, const Data& d) {
   fqt::set_num_threads(o.threads);
   fqt_train::Model model(o.architecture,
                          fqt_train::seed_stream(o.train.seed, fqt_train::Stream::Init));
   print_single_header(o, d, model);
+  fqt_train::TrainOptions train = o.train;
+  fqt_train::StoredWeights codes;
   if (!o.load_path.empty()) {
-    fqt_train::load_model(model, o.load_path);
-    std::printf("loaded parameters from %s\n", o.load_path.c_str());
+    // The model gets the file's values (a codes record's dequantized values); training resumes
+    // from the codes themselves.
+    codes = fqt_train::load_model(model, o.load_path);
+    const int bits = fqt_train::stored_bits(codes);
+    std::printf("loaded parameters from %s (%s)\n", o.load_path.c_str(), storage_text(bits));
+    if (!o.eval_only && bits != 32) {
+      if (bits == 0) {
+        throw std::runtime_error(o.load_path +
+                                 ": holds weights as codes of mixed widths (8 and 16 bits); a "
+                                 "run stores every weight with one width (--eval-only evaluates "
+                                 "them)");
+      }
+      if (bits != train.weight_bits) {
+        throw UsageError("--load " + o.load_path + " holds " + storage_text(bits) +
+                         ": resume from them with --weights " + storage_text(bits, false) +
+                         " (got --weights " + storage_text(train.weight_bits, false) + ")");
+      }
+      train.initial_codes = std::make_shared<const fqt_train::StoredWeights>(std::move(codes));
+    }
   }
   if (o.eval_only) {
+    const AttachedCodes attached(model.parameters(), codes, o.train.policy);
     const double accuracy = fqt_train::evaluate(model, d.test_set, o.train.policy);
     std::printf("test accuracy: %.2f%% on %lld images\n", 100 * accuracy,
                 static_cast<long long>(d.test_set.size()));
@@ -807,8 +922,12 @@ Outcome run_single(const Options& o, const Data& d) {
     gradients = fqt_train::layer_gradients(model, d.train_set, o.train.policy, o.train.batch_size,
                                            o.train.seed, "early");
   }
-  if (!train_and_print(o, d, model)) return Outcome::Diverged;
-  if (o.profile) print_profile(o, d, model);
+  fqt_train::TrainResult result;
+  if (!train_and_print(o, train, d, model, result)) return Outcome::Diverged;
+  const fqt_train::StoredWeights& stored = result.stored_weights;
+  // What follows runs the forward pass on the trained codes, as training did.
+  const AttachedCodes attached(model.parameters(), stored, o.train.policy);
+  if (o.profile) print_profile(o, d, model, result.rounding_by_parameter);
   if (o.variance_table) {
     for (auto& g : fqt_train::layer_gradients(model, d.train_set, o.train.policy,
                                               o.train.batch_size, o.train.seed, "late"))
@@ -817,8 +936,10 @@ Outcome run_single(const Options& o, const Data& d) {
     fqt_train::print_variance_table(gradients, {2, 4, 8});
   }
   if (!o.save_path.empty()) {
-    fqt_train::save_model(model, o.save_path);
-    std::printf("saved parameters to %s\n", o.save_path.c_str());
+    // Coded weights are saved as their codes (exactly), the others as float32 values.
+    fqt_train::save_model(model, stored, o.save_path);
+    std::printf("saved parameters to %s (%s)\n", o.save_path.c_str(),
+                storage_text(fqt_train::stored_bits(stored)));
   }
   return Outcome::Trained;
 }

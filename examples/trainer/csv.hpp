@@ -50,7 +50,8 @@ inline void write_csv_header(std::ostream& out, const std::vector<std::string>& 
          "seed,epochs,train_size,test_size,batch_size,learning_rate,test_accuracy,"
          "final_train_loss,diverged,quantization_variance,sampling_variance,variance_ratio,"
          "init_quantization_variance,init_sampling_variance,init_variance_ratio,"
-         "seconds_per_epoch,run_seconds";
+         "seconds_per_epoch,run_seconds,weight_bits,momentum_bits,bytes_per_parameter,"
+         "rounding_over_lr2";
   for (const auto& t : tensors) out << ",qvar_" << t << ",svar_" << t;
   out << "\n";
 }
@@ -74,7 +75,9 @@ inline void write_csv_row(std::ostream& out, std::size_t number, const RunResult
       << (r.train.diverged ? 1 : 0) << "," << num(r.final.quantization) << ","
       << num(r.final.sampling) << "," << num(r.final.ratio()) << "," << num(r.initial.quantization)
       << "," << num(r.initial.sampling) << "," << num(r.initial.ratio()) << ","
-      << num(r.train.seconds_per_epoch()) << "," << num(r.seconds);
+      << num(r.train.seconds_per_epoch()) << "," << num(r.seconds) << "," << r.spec.weight_bits
+      << "," << r.spec.momentum_bits << "," << num(r.train.optimizer_memory.per_parameter()) << ","
+      << num(r.train.rounding_as_gradient_variance);
   for (const auto& name : tensors) {
     double q = std::nan(""), s = std::nan("");
     for (const auto& t : r.final.tensors) {
@@ -92,7 +95,9 @@ inline void write_csv_row(std::ostream& out, std::size_t number, const RunResult
 
 /// \brief Writes one CSV row per run (header first): the configuration, the budget, test
 /// accuracy (a fraction), final training loss, the variance decomposition at the end of training
-/// and at initialisation (sums over tensors), the time per epoch and of the run, then the
+/// and at initialisation (sums over tensors), the time per epoch and of the run, the weights'
+/// storage (weight_bits, momentum_bits: 32 for fp32), the bytes of weights and optimizer state
+/// per parameter, the weights' rounding error per step over η² (0 for fp32 weights), then the
 /// end-of-training quantization and sampling variance of every parameter tensor
 /// (qvar_<name>, svar_<name>). Exact and QAT runs have grad_input "none" and 32 bits (float).
 /// Non-finite values are written "nan".

@@ -66,17 +66,31 @@ inline std::vector<QuantizerGrid> quantizer_grids(const std::vector<RunResult>& 
   std::vector<QuantizerGrid> keys;
   for (const auto& r : results) {
     const auto& p = r.spec.policy;
-    if (p.mode != nn::Mode::FQT) continue;
+    if (p.mode != nn::Mode::FQT || r.spec.storage_row) continue;
     const auto key = std::make_pair(p.grad_input.kind, p.grad_input.grid);
     if (std::find(keys.begin(), keys.end(), key) == keys.end()) keys.push_back(key);
   }
   return keys;
 }
 
-/// \brief True for an FQT run of quantizer `q` on `grid`.
+/// \brief True for an FQT run of quantizer `q` on `grid` in the grid's series (not a row of
+/// weights without a master copy).
 inline bool is_fqt_run(const RunResult& r, fqt::QuantizerKind q, fqt::Grid grid) {
   const auto& p = r.spec.policy;
-  return p.mode == nn::Mode::FQT && p.grad_input.kind == q && p.grad_input.grid == grid;
+  return p.mode == nn::Mode::FQT && !r.spec.storage_row && p.grad_input.kind == q &&
+         p.grad_input.grid == grid;
+}
+
+/// \brief "fp32", or "int16"/"int8" with the momentum's storage when it differs.
+inline std::string storage_name(const RunSpec& spec) {
+  const auto name = [](int bits) {
+    return bits == 32 ? std::string("fp32") : "int" + std::to_string(bits);
+  };
+  if (spec.weight_bits == 32 || spec.momentum_bits == spec.weight_bits) {
+    return name(spec.weight_bits);
+  }
+  return name(spec.weight_bits) + "/" +
+         (spec.momentum_bits == 32 ? std::string("fp32") : name(spec.momentum_bits));
 }
 
 /// \brief One row of the table of every run.
@@ -90,7 +104,8 @@ inline void write_run_row(std::ostream& out, const RunResult& r, double qat_accu
       << (fqt ? std::string(fqt_examples::kind_name(p.grad_weight.kind)) + " " +
                     std::to_string(p.grad_weight.bits)
               : std::string("-"))
-      << " | " << (std::isfinite(acc) ? fixed(100 * acc, 2) + "%" : "n/a")
+      << " | " << storage_name(r.spec) << " | "
+      << (std::isfinite(acc) ? fixed(100 * acc, 2) + "%" : "n/a")
       << (r.train.diverged ? " (diverged)" : "") << " | "
       << (std::isfinite(acc - qat_accuracy)
               ? (acc >= qat_accuracy ? "+" : "") + fixed(100 * (acc - qat_accuracy), 2)
@@ -116,14 +131,17 @@ inline std::string pivot_cell(const std::vector<RunResult>& results, fqt::Quanti
 
 }  // namespace detail
 
-/// \brief The table of every run, in Markdown: configuration, test accuracy and its difference
-/// to QAT (points), the variance ratios at initialisation and at the end, and seconds per epoch.
+/// \brief The table of every run, in Markdown: configuration (with the weights' storage: fp32
+/// master weights, or int16 / int8 codes with momentum of the same width unless shown), test
+/// accuracy and its difference to QAT (points), the variance ratios at initialisation and at the
+/// end, and seconds per epoch.
 inline void write_markdown(std::ostream& out, const std::vector<RunResult>& results) {
   const RunResult* qat = detail::find_mode(results, nn::Mode::QAT);
   const double qat_accuracy = qat ? detail::accuracy_or_nan(*qat) : std::nan("");
-  out << "| run | grad-input | bits | grid | grad-weight | test acc | vs QAT | var ratio, init "
-         "| var ratio, end | s/epoch |\n"
-      << "|---|---|--:|---|---|--:|--:|--:|--:|--:|\n";
+  out << "| run | grad-input | bits | grid | grad-weight | weights | test acc | vs QAT | var "
+         "ratio, "
+         "init | var ratio, end | s/epoch |\n"
+      << "|---|---|--:|---|---|---|--:|--:|--:|--:|--:|\n";
   for (const auto& r : results) detail::write_run_row(out, r, qat_accuracy);
 }
 
@@ -135,7 +153,8 @@ inline void write_pivot(std::ostream& out, const std::vector<RunResult>& results
   std::vector<int> bits;
   for (const auto& r : results) {
     const int b = r.spec.policy.grad_input.bits;
-    if (r.spec.policy.mode == nn::Mode::FQT && std::find(bits.begin(), bits.end(), b) == bits.end())
+    if (r.spec.policy.mode == nn::Mode::FQT && !r.spec.storage_row &&
+        std::find(bits.begin(), bits.end(), b) == bits.end())
       bits.push_back(b);
   }
   std::sort(bits.rbegin(), bits.rend());
@@ -148,6 +167,27 @@ inline void write_pivot(std::ostream& out, const std::vector<RunResult>& results
     out << "| " << fqt_examples::kind_name(q) << " | " << fqt_examples::grid_name(grid) << " |";
     for (const int b : bits) out << " " << detail::pivot_cell(results, q, grid, b) << " |";
     out << "\n";
+  }
+}
+
+/// \brief The memory of the baselines and of the rows of weights without a master copy (with
+/// their reference), in Markdown: per parameter, the weights and the optimizer state (momentum),
+/// the float views of coded weights, the optimizer's update workspace, and the layers' caches
+/// between two steps (operands kept for the backward pass, workspaces), in MB.
+inline void write_memory(std::ostream& out, const std::vector<RunResult>& results) {
+  out << "| run | weights | weights + state, bytes/param | views | update workspace | layer "
+         "caches, MB |\n"
+      << "|---|---|--:|--:|--:|--:|\n";
+  for (const auto& r : results) {
+    const bool shown =
+        r.spec.policy.mode != nn::Mode::FQT || r.spec.storage_row || r.spec.storage_reference;
+    const nn::OptimizerMemory& m = r.train.optimizer_memory;
+    if (!shown || m.parameters == 0) continue;
+    const double n = static_cast<double>(m.parameters);
+    out << "| " << r.spec.name << " | " << detail::storage_name(r.spec) << " | "
+        << detail::fixed(m.per_parameter(), 2) << " | " << detail::fixed(double(m.views) / n, 2)
+        << " | " << detail::fixed(double(m.workspace) / n, 2) << " | "
+        << detail::fixed(double(r.train.cache_bytes) / 1e6, 2) << " |\n";
   }
 }
 
@@ -230,7 +270,8 @@ inline VarianceOrder variance_order(const std::vector<RunResult>& results, bool 
   VarianceOrder order;
   for (const auto& r : results) {
     const auto& p = r.spec.policy;
-    if (p.mode != nn::Mode::FQT || p.grad_input.kind != Q::PerSample) continue;
+    if (p.mode != nn::Mode::FQT || r.spec.storage_row || p.grad_input.kind != Q::PerSample)
+      continue;
     const auto ratio = [&](Q q) {
       return ratio_of(results, q, p.grad_input.grid, p.grad_input.bits, at_end, classes);
     };
@@ -289,7 +330,7 @@ inline std::vector<RatioBand> ratio_bands(const std::vector<RunResult>& results,
                                   {0.1, 1, 0, 0, {}},
                                   {1, std::numeric_limits<double>::infinity(), 0, 0, {}}};
   for (const auto& r : results) {
-    if (r.spec.policy.mode != nn::Mode::FQT) continue;
+    if (r.spec.policy.mode != nn::Mode::FQT || r.spec.storage_row) continue;
     if (collapsed(r, classes)) {
       collapsed_runs.push_back(r.spec.name + " (ratio at init " + general(r.initial.ratio(), 2) +
                                ")");
@@ -334,12 +375,45 @@ inline void read_ratio_bands(std::ostream& out, const std::vector<RunResult>& re
   }
 }
 
+/// \brief The reading's line on the rows of weights without a master copy: each one's accuracy
+/// against its master-weight reference, the bytes of weights and optimizer state per parameter,
+/// and the variance its weights' stochastic rounding adds per step (divided by η², so in units
+/// of gradient variance) against the gradient's own quantization and sampling variance at the end.
+inline void read_weight_storage(std::ostream& out, const std::vector<RunResult>& results) {
+  const RunResult* reference = nullptr;
+  for (const auto& r : results) {
+    if (r.spec.storage_reference) reference = &r;
+  }
+  if (!reference) return;
+  const double ref = accuracy_or_nan(*reference);
+  out << "- Weights without a master copy (" << reference->spec.name << ", "
+      << storage_name(reference->spec) << " weights: " << percent(ref) << ", "
+      << fixed(reference->train.optimizer_memory.per_parameter(), 2)
+      << " bytes of weights and optimizer state per parameter):";
+  for (const auto& r : results) {
+    if (!r.spec.storage_row || r.spec.storage_reference) continue;
+    const double acc = accuracy_or_nan(r);
+    const double rounding = r.train.rounding_as_gradient_variance;
+    out << " " << storage_name(r.spec) << " " << percent(acc) << " (" << (acc >= ref ? "+" : "")
+        << fixed(100 * (acc - ref), 2) << " points, "
+        << fixed(r.train.optimizer_memory.per_parameter(), 2) << " bytes per parameter";
+    if (r.final.quantization > 0 && r.final.sampling > 0) {
+      out << ", rounding / lr^2 " << general(rounding, 2)
+          << " per step = " << general(rounding / r.final.quantization, 2)
+          << "x the gradient quantization and " << general(rounding / r.final.sampling, 2)
+          << "x the QAT sampling variance at the end";
+    }
+    out << ");";
+  }
+  out << " one seed each\n";
+}
+
 }  // namespace detail
 
 /// \brief A short reading of the results, computed from them (not canned): the baselines and the
 /// noise level, down to which bit width each quantizer stays within `tolerance` of QAT, whether
-/// the variance ordering PTQ > PSQ > BHQ holds, and how the variance ratio sorts the runs into
-/// those that train like QAT and those that do not.
+/// the variance ordering PTQ > PSQ > BHQ holds, how the variance ratio sorts the runs into
+/// those that train like QAT and those that do not, and what weights without a master copy cost.
 /// \param test_size the number of test images (for the binomial standard error)
 /// \param tolerance in accuracy (0.01 = one point)
 inline std::string reading(const std::vector<RunResult>& results, Index test_size, int classes = 10,
@@ -351,6 +425,7 @@ inline std::string reading(const std::vector<RunResult>& results, Index test_siz
   for (const bool at_end : {false, true})
     detail::read_variance_order(out, results, at_end, classes);
   if (qat) detail::read_ratio_bands(out, results, *qat, classes);
+  detail::read_weight_storage(out, results);
   return out.str();
 }
 

@@ -32,8 +32,15 @@ namespace fqt_train {
 
 /// \brief One configuration of the comparison.
 struct RunSpec {
-  std::string name;        ///< e.g. "exact", "qat", "ptq-4-free"
+  std::string name;        ///< e.g. "exact", "qat", "ptq-4-free", "bhq-4-paper-int8"
   nn::QuantPolicy policy;  ///< what the run trains with
+  int weight_bits = 32;    ///< 32: fp32 master weights; 16, 8: codes only (TrainOptions)
+  int momentum_bits = 32;  ///< 32: fp32 momentum; 16, 8: codes
+  /// A row of weights without a master copy (or their reference, when the grid lacks it): not
+  /// part of the grid's series (pivot, plots)
+  bool storage_row = false;
+  /// The master-weight run the rows of weights without a master copy are read against
+  bool storage_reference = false;
 };
 
 /// \brief Options of the comparison.
@@ -43,7 +50,15 @@ struct CompareOptions {
   std::vector<int> bits = {8, 5, 4, 3, 2};  ///< grad-input bit widths of the FQT runs
   /// the (grad-input quantizer, gradient grid) lines, each run at every bit width
   std::vector<fqt_examples::QuantizerGrid> series = fqt_examples::default_series();
-  bool baselines = true;     ///< include the Exact and QAT runs
+  bool baselines = true;  ///< include the Exact and QAT runs
+  /// Rows of FQT without master weights: the configuration `storage_series` at `storage_bits`
+  /// grad-input bits, once per width here (16 or 8: weights and momentum stored as codes of that
+  /// width), beside the same configuration with train.weight_bits (fp32 master weights by
+  /// default; added when the grid above lacks it). Empty: no such rows.
+  std::vector<int> storage_weight_bits = {16, 8};
+  fqt_examples::QuantizerGrid storage_series = {fqt::QuantizerKind::BlockHouseholder,
+                                                fqt::Grid::Paper};
+  int storage_bits = 4;      ///< grad-input bits of the weight-storage rows
   VarianceOptions variance;  ///< K and M of the variance profile (batch size and seed: train's)
   int workers = 2;           ///< runs trained at once, each on one thread
 
@@ -59,6 +74,14 @@ struct CompareOptions {
                  fqt::quantizer_kind_names(fqt::Contraction::Columns), ")");
       fqt::check(fqt::is_grid(grid), kWhere, "grid ", static_cast<long long>(grid), " is no grid");
     }
+    for (const int b : storage_weight_bits) {
+      fqt::check(b == 16 || b == 8, kWhere, "weight storage bits must be 16 or 8, got ", b);
+    }
+    fqt::check(storage_bits >= 1 && storage_bits <= 8, kWhere,
+               "weight storage rows: grad-input bits must be in [1, 8], got ", storage_bits);
+    fqt::check(fqt::can_feed(storage_series.first, fqt::Contraction::Columns), kWhere,
+               "weight storage rows: quantizer '", fqt_examples::kind_name(storage_series.first),
+               "' is no grad-input quantizer");
     fqt::check(baselines || (!bits.empty() && !series.empty()), kWhere,
                "nothing to compare: no baselines and no FQT configuration");
     fqt::check(workers >= 1, kWhere, "workers must be >= 1, got ", workers);
@@ -67,8 +90,39 @@ struct CompareOptions {
   }
 };
 
+namespace detail {
+
+/// \brief The FQT run of quantizer `q` on `grid` at `bits` grad-input bits, with the options'
+/// weight storage.
+inline RunSpec fqt_run(const CompareOptions& options, fqt::QuantizerKind q, fqt::Grid grid,
+                       int bits) {
+  const nn::QuantPolicy& base = options.train.policy;
+  RunSpec r;
+  r.policy = base;
+  r.policy.mode = nn::Mode::FQT;
+  r.policy.grad_input.kind = q;
+  r.policy.grad_input.bits = bits;
+  r.policy.grad_weight.kind = fqt_examples::paired_grad_weight(q, base.product_backend());
+  fqt_examples::set_gradient_grid(r.policy, grid);
+  r.name = std::string(fqt_examples::kind_name(q)) + "-" + std::to_string(bits) + "-" +
+           fqt_examples::grid_name(grid);
+  r.weight_bits = options.train.weight_bits;
+  r.momentum_bits = options.train.momentum_bits;
+  return r;
+}
+
+}  // namespace detail
+
+/// \brief The name of the master-weight run the weight-storage rows are compared with.
+inline std::string storage_reference_name(const CompareOptions& options) {
+  return detail::fqt_run(options, options.storage_series.first, options.storage_series.second,
+                         options.storage_bits)
+      .name;
+}
+
 /// \brief The runs of the comparison, in table order: Exact, QAT, then for each (quantizer, grid)
-/// of the series and each bit width (as listed) an FQT run.
+/// of the series and each bit width (as listed) an FQT run, then the weight-storage rows (their
+/// reference first when the grid lacks it).
 inline std::vector<RunSpec> compare_runs(const CompareOptions& options) {
   std::vector<RunSpec> runs;
   const nn::QuantPolicy& base = options.train.policy;
@@ -78,22 +132,33 @@ inline std::vector<RunSpec> compare_runs(const CompareOptions& options) {
       r.name = nn::to_string(mode);
       r.policy = base;
       r.policy.mode = mode;
+      r.weight_bits = options.train.weight_bits;
+      r.momentum_bits = options.train.momentum_bits;
       runs.push_back(r);
     }
   }
   for (const auto& [q, grid] : options.series) {
-    for (const int bits : options.bits) {
-      RunSpec r;
-      r.policy = base;
-      r.policy.mode = nn::Mode::FQT;
-      r.policy.grad_input.kind = q;
-      r.policy.grad_input.bits = bits;
-      r.policy.grad_weight.kind = fqt_examples::paired_grad_weight(q, base.product_backend());
-      fqt_examples::set_gradient_grid(r.policy, grid);
-      r.name = std::string(fqt_examples::kind_name(q)) + "-" + std::to_string(bits) + "-" +
-               fqt_examples::grid_name(grid);
-      runs.push_back(r);
-    }
+    for (const int bits : options.bits) runs.push_back(detail::fqt_run(options, q, grid, bits));
+  }
+  if (options.storage_weight_bits.empty()) return runs;
+  const auto [q, grid] = options.storage_series;
+  RunSpec reference = detail::fqt_run(options, q, grid, options.storage_bits);
+  reference.storage_reference = true;
+  auto present = std::find_if(runs.begin(), runs.end(),
+                              [&](const RunSpec& r) { return r.name == reference.name; });
+  if (present == runs.end()) {
+    reference.storage_row = true;
+    runs.push_back(reference);
+  } else {
+    present->storage_reference = true;
+  }
+  for (const int bits : options.storage_weight_bits) {
+    RunSpec r = reference;
+    r.storage_row = true;
+    r.storage_reference = false;
+    r.weight_bits = r.momentum_bits = bits;
+    r.name += bits == 16 ? "-int16" : "-int8";
+    runs.push_back(r);
   }
   return runs;
 }
@@ -121,6 +186,8 @@ inline RunResult run_one(const Architecture& architecture, const RunSpec& spec,
   result.initial = measure_gradient_variance(model, train_set, spec.policy, variance);
   TrainOptions train_options = options.train;
   train_options.policy = spec.policy;
+  train_options.weight_bits = spec.weight_bits;
+  train_options.momentum_bits = spec.momentum_bits;
   result.train = train(model, train_set, test, train_options, progress);
   if (!result.train.diverged) {
     result.final = measure_gradient_variance(model, train_set, spec.policy, variance);

@@ -9,6 +9,7 @@
 /// variance profile (Stream::Profile). A run is a pure function of its options: the same seed
 /// gives bit-identical results for any number of threads.
 
+#include <algorithm>
 #include <chrono>
 #include <cmath>
 #include <cstdint>
@@ -17,6 +18,7 @@
 #include <sstream>
 #include <stdexcept>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "fqt/core/error.hpp"
@@ -80,6 +82,14 @@ struct TrainOptions {
   int weight_bits = 32;
   /// 32: fp32 momentum; 16 or 8: as codes (with coded weights only)
   int momentum_bits = 32;
+  /// Coded weights (weight_bits 16 or 8): the codes to start from instead of rounding the
+  /// model's values, e.g. load_model's result or a previous TrainResult::stored_weights. Null,
+  /// or one entry per model parameter: codes of the run's width and step granularity for a coded
+  /// parameter, std::monostate to round its value as usual (and for parameters kept in float).
+  /// The model's values should be the codes' values already (load_model writes them). Only the
+  /// weights resume exactly: the momentum restarts at zero, the schedule and the rounding noise
+  /// at step 0. Shared, so that copying the options copies no codes.
+  std::shared_ptr<const std::vector<nn::QuantizedSGD<float>::Stored>> initial_codes;
 
   /// \brief Throws std::invalid_argument naming the option unless the options are usable.
   void validate() const {
@@ -135,6 +145,13 @@ struct TrainResult {
   /// divided by that step's η² — the gradient variance that would move the weights as much —
   /// averaged over the last epoch's steps (0 for fp32 weights)
   double rounding_as_gradient_variance = 0;
+  /// The same, parameter by parameter (name, value), in the model's parameter order (empty for
+  /// fp32 weights)
+  std::vector<std::pair<std::string, double>> rounding_by_parameter;
+  /// Coded weights: nn::QuantizedSGD::stored_weight of every parameter at the end (codes for the
+  /// coded ones, std::monostate for those kept in float), e.g. for save_model; empty for fp32
+  /// weights
+  std::vector<nn::QuantizedSGD<float>::Stored> stored_weights;
 
   /// \brief Mean wall time of the completed epochs' training steps.
   double seconds_per_epoch() const {
@@ -218,20 +235,37 @@ inline std::string percent(double fraction) {
   return s.str();
 }
 
-/// \brief The SGD options of a run.
 /// \brief SGD on fp32 master weights, or on weights stored as codes (TrainOptions::weight_bits).
 class Optimizer {
  public:
   Optimizer(std::vector<nn::Parameter<float>> parameters, const nn::SgdOptions& sgd,
             const TrainOptions& o) {
     if (o.weight_bits == 32) {
+      if (o.initial_codes) check_initial_codes(parameters, *o.initial_codes, nullptr);
       fp32_ = std::make_unique<nn::SGD<float>>(std::move(parameters), sgd);
     } else {
       nn::WeightStorageOptions storage;
       storage.weight_bits = o.weight_bits;
       storage.momentum_bits = o.momentum_bits == 32 ? 0 : o.momentum_bits;
       storage.rng = seed_stream(o.seed, Stream::Rounding);
+      // A backend that multiplies codes takes one weight step per tensor (the grad-input
+      // product contracts over the weight's rows); the simulated one keeps a step per channel.
+      storage.per_row = !o.policy.product_backend().multiplies_codes();
+      // Every entry is checked before the optimizer rounds (and so changes) the model's values.
+      if (o.initial_codes) check_initial_codes(parameters, *o.initial_codes, &storage);
       coded_ = std::make_unique<nn::QuantizedSGD<float>>(std::move(parameters), sgd, storage);
+      if (o.initial_codes) {
+        const auto& codes = *o.initial_codes;
+        for (std::size_t i = 0; i < codes.size(); ++i) {
+          std::visit(
+              [&](const auto& t) {
+                if constexpr (!std::is_same_v<std::decay_t<decltype(t)>, std::monostate>) {
+                  coded_->load_weight(i, t);
+                }
+              },
+              codes[i]);
+        }
+      }
     }
   }
   void zero_grad() { fp32_ ? fp32_->zero_grad() : coded_->zero_grad(); }
@@ -241,13 +275,67 @@ class Optimizer {
   void step() { fp32_ ? fp32_->step() : coded_->step(); }
   /// \brief The last step's rounding error of the weights (0 for fp32 weights).
   double last_rounding() const { return coded_ ? coded_->last_rounding().weights : 0.0; }
+  /// \brief The last step's rounding error of each parameter's weights (empty for fp32 weights).
+  const std::vector<nn::RoundingVariance>* last_rounding_by_parameter() const {
+    return coded_ ? &coded_->last_rounding_by_parameter() : nullptr;
+  }
   nn::OptimizerMemory memory() const { return fp32_ ? fp32_->memory() : coded_->memory(); }
+  /// \brief The stored weight of every parameter (empty for fp32 weights).
+  std::vector<nn::QuantizedSGD<float>::Stored> stored_weights() const {
+    std::vector<nn::QuantizedSGD<float>::Stored> weights;
+    if (coded_) {
+      for (std::size_t i = 0; i < coded_->parameters().size(); ++i) {
+        weights.push_back(coded_->stored_weight(i));
+      }
+    }
+    return weights;
+  }
 
  private:
+  // Throws std::invalid_argument naming the option and the parameter unless `codes` has one
+  // entry per parameter and each codes entry fits `storage` (null: fp32 weights, which take no
+  // codes): a coded parameter, the same width, shape and step granularity.
+  static void check_initial_codes(const std::vector<nn::Parameter<float>>& parameters,
+                                  const std::vector<nn::QuantizedSGD<float>::Stored>& codes,
+                                  const nn::WeightStorageOptions* storage) {
+    constexpr const char* kWhere = "fqt_train::TrainOptions::initial_codes";
+    fqt::check(codes.size() == parameters.size(), kWhere, "has ", codes.size(),
+               " entries, the model ", parameters.size(), " parameters");
+    for (std::size_t i = 0; i < codes.size(); ++i) {
+      std::visit(
+          [&](const auto& t) {
+            using T = std::decay_t<decltype(t)>;
+            if constexpr (!std::is_same_v<T, std::monostate>) {
+              const auto& p = parameters[i];
+              fqt::check(storage != nullptr, kWhere, "parameter '", p.name, "' has ", T::kBits,
+                         "-bit codes but the run keeps fp32 weights: give weight bits ", T::kBits,
+                         " to resume from the codes");
+              fqt::check(T::kBits == storage->weight_bits, kWhere, "parameter '", p.name, "' has ",
+                         T::kBits, "-bit codes but the run stores its weights in ",
+                         storage->weight_bits, " bits: give weight bits ", T::kBits);
+              fqt::check(p.weight_decay, kWhere, "parameter '", p.name,
+                         "' has codes but is kept in float (only weights are stored as codes)");
+              const auto& v = p.variable.value();
+              fqt::check(t.rows() == v.rows() && t.cols() == v.cols(), kWhere, "parameter '",
+                         p.name, "' is ", v.rows(), " x ", v.cols(), ", its codes ", t.rows(),
+                         " x ", t.cols());
+              fqt::check(t.per_row() == storage->per_row, kWhere, "parameter '", p.name,
+                         "' has codes with ", t.per_row() ? "a step per row" : "one step",
+                         " but the run's backend stores ",
+                         storage->per_row ? "a step per row (it does not multiply codes)"
+                                          : "one step per tensor (it multiplies codes)",
+                         ": resume on the backend the codes were trained on");
+            }
+          },
+          codes[i]);
+    }
+  }
+
   std::unique_ptr<nn::SGD<float>> fp32_;
   std::unique_ptr<nn::QuantizedSGD<float>> coded_;
 };
 
+/// \brief The SGD options of a run.
 inline nn::SgdOptions sgd_options(const TrainOptions& o) {
   nn::SgdOptions sgd;
   sgd.learning_rate = o.learning_rate;
@@ -295,6 +383,7 @@ class TrainingRun {
       const auto order = epoch_order(n_, order_rng_, static_cast<std::uint64_t>(epoch - 1));
       const auto start = std::chrono::steady_clock::now();
       rounding_sum_ = 0;
+      std::fill(rounding_by_parameter_.begin(), rounding_by_parameter_.end(), 0.0);
       rounding_steps_ = 0;
       EpochSums sums;
       try {
@@ -313,10 +402,17 @@ class TrainingRun {
       result.final_train_loss = result.epochs.back().train_loss;
       result.rounding_as_gradient_variance =
           rounding_steps_ > 0 ? rounding_sum_ / double(rounding_steps_) : 0.0;
+      result.rounding_by_parameter.clear();
+      const auto names = model_.parameters();
+      for (std::size_t i = 0; i < rounding_by_parameter_.size() && rounding_steps_ > 0; ++i) {
+        result.rounding_by_parameter.emplace_back(
+            names[i].name, rounding_by_parameter_[i] / double(rounding_steps_));
+      }
     }
     result.final_test_accuracy = final_accuracy(result);
     result.cache_bytes = cache_bytes_;
     result.optimizer_memory = sgd_.memory();
+    result.stored_weights = sgd_.stored_weights();
     return result;
   }
 
@@ -342,6 +438,11 @@ class TrainingRun {
       if (cache_bytes_ == 0 && count == batch_) cache_bytes_ = model_.cache_bytes();
       if (lr > 0) {
         rounding_sum_ += sgd_.last_rounding() / (lr * lr);
+        if (const auto* by_parameter = sgd_.last_rounding_by_parameter()) {
+          rounding_by_parameter_.resize(by_parameter->size(), 0.0);
+          for (std::size_t i = 0; i < by_parameter->size(); ++i)
+            rounding_by_parameter_[i] += (*by_parameter)[i].weights / (lr * lr);
+        }
         ++rounding_steps_;
       }
       sums.loss += static_cast<double>(loss.value()(0, 0)) * static_cast<double>(count);
@@ -405,6 +506,7 @@ class TrainingRun {
   std::uint64_t step_ = 0;
   std::size_t cache_bytes_ = 0;
   double rounding_sum_ = 0;  // Σ over the epoch's steps of the weights' rounding error / η²
+  std::vector<double> rounding_by_parameter_;  // the same, parameter by parameter
   Index rounding_steps_ = 0;
 };
 

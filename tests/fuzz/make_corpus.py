@@ -84,6 +84,82 @@ def checkpoint(shapes):
     return data + struct.pack("<I", zlib.crc32(data) & 0xFFFFFFFF)
 
 
+# Version 2: each record's values are float32 ("f32"), or int8 ("i8") / int16 ("i16") codes with
+# a step per row or one per tensor. `bad` overrides fields of one record to make near-misses:
+# encoding, granularity, step_count, steps, codes, rank.
+ENCODINGS = {"f32": 0, "i8": 1, "i16": 2}
+
+
+def record_v2(name, rows, cols, kind, per_row, index, bad=None):
+    bad = bad or {}
+    rank = bad.get("rank", 2)
+    dims = [rows, cols][:rank] if rank <= 2 else [rows, cols] + [1] * (rank - 2)
+    out = struct.pack("<I", len(name)) + name.encode() + struct.pack("<I", rank)
+    out += b"".join(struct.pack("<Q", d) for d in dims)
+    out += struct.pack("<I", bad.get("encoding", ENCODINGS[kind]))
+    count = rows * cols
+    if kind == "f32":
+        return out + b"".join(struct.pack("<f", ((index * 5 + k) % 17 - 8) / 16.0)
+                              for k in range(count))
+    top = 127 if kind == "i8" else 32767
+    steps = bad.get("steps", [(r + 1) / (64.0 * top) for r in range(rows if per_row else 1)])
+    codes = bad.get("codes", [((index * 3 + k) % 9 - 4) * (top // 4) for k in range(count)])
+    out += struct.pack("<IQ", bad.get("granularity", 1 if per_row else 0),
+                       bad.get("step_count", len(steps)))
+    out += b"".join(struct.pack("<f", v) for v in steps)
+    return out + b"".join(struct.pack("<b" if kind == "i8" else "<h", c) for c in codes)
+
+
+def checkpoint_v2(kinds, bad_index=None, bad=None, version=2):
+    """kinds[i] = (kind, per_row) of record i of CHECKPOINT_SHAPES."""
+    body = b"".join(record_v2(name, rows, cols, kinds[i][0], kinds[i][1], i,
+                              bad if i == bad_index else None)
+                    for i, (name, rows, cols) in enumerate(CHECKPOINT_SHAPES))
+    total = 24 + len(body) + 4
+    data = b"FQTPARAM" + struct.pack("<IIQ", version, len(CHECKPOINT_SHAPES), total) + body
+    return data + struct.pack("<I", zlib.crc32(data) & 0xFFFFFFFF)
+
+
+def weights_as(kind, per_row):
+    # The weights (records 0, 2, 4, 6) as codes, the biases as float32 values.
+    return [(kind, per_row) if i % 2 == 0 else ("f32", True) for i in range(8)]
+
+
+def checkpoint_v2_seeds():
+    floats = [("f32", True)] * 8
+    int8_rows = weights_as("i8", True)
+    write("checkpoint", "v2-float32", bytes([0]) + checkpoint_v2(floats))
+    write("checkpoint", "v2-int8-per-row", bytes([0]) + checkpoint_v2(int8_rows))
+    write("checkpoint", "v2-int16-per-tensor", bytes([0]) + checkpoint_v2(weights_as("i16", False)))
+    mixed = [("i8", True), ("f32", True), ("i16", False), ("f32", True), ("f32", True),
+             ("f32", True), ("i8", False), ("f32", True)]
+    write("checkpoint", "v2-mixed", bytes([3]) + checkpoint_v2(mixed))
+    near_misses = {
+        "v2-unknown-encoding": (6, {"encoding": 3}),
+        "v2-unknown-granularity": (6, {"granularity": 2}),
+        "v2-step-count": (6, {"step_count": 3}),
+        "v2-code-out-of-range": (6, {"codes": [1, -128, 3, 4]}),
+        "v2-negative-step": (6, {"steps": [0.5, -0.25]}),
+        "v2-nan-step": (6, {"steps": [float("nan"), 0.25]}),
+        "v2-overflow": (6, {"steps": [3.4028234663852886e38, 0.25], "codes": [127, 1, 2, 3]}),
+        "v2-codes-rank-1": (4, {"rank": 1}),
+        "v2-codes-rank-3": (4, {"rank": 3}),
+    }
+    for name, (index, bad) in near_misses.items():
+        write("checkpoint", name, bytes([3]) + checkpoint_v2(int8_rows, index, bad))
+    wide = weights_as("i16", True)
+    write("checkpoint", "v2-int16-code-out-of-range",
+          bytes([3]) + checkpoint_v2(wide, 6, {"codes": [1, 2, -32768, 4]}))
+    write("checkpoint", "v2-float32-codes-encoding",
+          bytes([3]) + checkpoint_v2(floats, 0, {"encoding": 1}))
+    good = checkpoint_v2(int8_rows)
+    write("checkpoint", "v2-truncated", bytes([0]) + good[:150])
+    corrupt = bytearray(good)
+    corrupt[-10] ^= 0x01
+    write("checkpoint", "v2-corrupted", bytes([0]) + bytes(corrupt))
+    write("checkpoint", "v3-version", bytes([3]) + checkpoint_v2(int8_rows, version=3))
+
+
 def checkpoint_seeds():
     good = checkpoint(CHECKPOINT_SHAPES)
     write("checkpoint", "valid", bytes([0]) + good)
@@ -163,6 +239,7 @@ def main():
     idx_seeds()
     mnist_seeds()
     checkpoint_seeds()
+    checkpoint_v2_seeds()
     for harness in ("ptq", "psq", "per_column", "bhq"):
         quant_seeds(harness)
 
