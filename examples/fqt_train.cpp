@@ -566,7 +566,7 @@ void print_compare_header(const Options& o, const fqt_train::CompareOptions& opt
       "%s: %lld training images, %d epoch%s, batch %lld, %lld test images, %s, seed %llu; "
       "%zu runs, %d at a time (one thread each); variance profile with K = %d FQT passes "
       "and M = %d sampling batches at initialisation and at the end. --full runs the whole "
-      "grid (bits 8..1, all 60000 training images, 10 epochs, 42 runs; under 2 hours "
+      "grid (bits 8..1, all 60000 training images, 10 epochs, 44 runs; under 2 hours "
       "here).\n\n",
       o.default_budget ? "default budget" : "budget", static_cast<long long>(d.train_set.size()),
       t.epochs, t.epochs == 1 ? "" : "s", static_cast<long long>(t.batch_size),
