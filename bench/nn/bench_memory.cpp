@@ -7,7 +7,8 @@
 //                   every configuration: with coded weights the Variables hold a float view)
 //   meas_optimizer  what the optimizer's construction and its steps add: its parameter handles,
 //                   momentum, staged updates (nn::SGD) or codes, coded momentum and scratch
-//                   buffers (nn::QuantizedSGD)
+//                   buffers (nn::QuantizedSGD), less the float views it frees (no_views: the
+//                   figure is then below zero)
 //   meas_grads      the gradients (zero_grad() allocates them, backward fills them)
 //   meas_caches     what the layers keep between steps: X̂, Ŵ, the conv columns, the quantized
 //                   gradients, the backends' buffers (for a batch of 128)
@@ -23,7 +24,8 @@
 // steady state was measured; in FQT the block Householder quantizer's thread_local scratch moves
 // by a few KiB with the OpenMP schedule, about ±0.4 byte per parameter here). Configurations: Exact
 // and QAT with fp32 master weights (nn::SGD), FQT with fp32 master weights, and FQT without them
-// (nn::QuantizedSGD): 16-bit weights and momentum, 8-bit weights and momentum. `vs_master_*`
+// (nn::QuantizedSGD): 16-bit weights and momentum, 8-bit weights and momentum, and the latter with
+// its float views freed (keep_views = false: the model's float values go). `vs_master_*`
 // divides by QAT with fp32 master weights, measured in the same benchmark call.
 //
 // `cnt_*` are the bytes the code counts (OptimizerMemory, cache_bytes(), the gradients' sizes).
@@ -76,6 +78,7 @@ struct Config {
   nn::Mode mode;
   int weight_bits;    // 32: fp32 master weights (nn::SGD); 16 or 8: codes only (nn::QuantizedSGD)
   int momentum_bits;  // with codes: 16 or 8
+  bool keep_views = true;  // with codes: keep the float views (WeightStorageOptions::keep_views)
 };
 
 const Config kMaster{"qat_fp32_master", nn::Mode::QAT, 32, 32};
@@ -142,6 +145,7 @@ class Run {
       storage.momentum_bits = config_.momentum_bits;
       storage.per_row = !context_.policy.product_backend().multiplies_codes();  // as the trainer
       storage.rng = fqt::Philox(kRoundingSeed);
+      storage.keep_views = config_.keep_views;
       coded_ = std::make_unique<nn::QuantizedSGD<float>>(model_->net().parameters(), sgd, storage);
     }
   }
@@ -312,7 +316,8 @@ int main(int argc, char** argv) {
                                     kMaster,
                                     {"fqt_fp32_master", nn::Mode::FQT, 32, 32},
                                     {"fqt_int16_m16", nn::Mode::FQT, 16, 16},
-                                    {"fqt_int8_m8", nn::Mode::FQT, 8, 8}};
+                                    {"fqt_int8_m8", nn::Mode::FQT, 8, 8},
+                                    {"fqt_int8_m8_no_views", nn::Mode::FQT, 8, 8, false}};
   for (const auto& c : configs) {
     benchmark::RegisterBenchmark(("memory/" + c.name).c_str(),
                                  [c](benchmark::State& s) { bench_memory(s, c); })

@@ -251,6 +251,10 @@ class Optimizer {
       // A backend that multiplies codes takes one weight step per tensor (the grad-input
       // product contracts over the weight's rows); the simulated one keeps a step per channel.
       storage.per_row = !o.policy.product_backend().multiplies_codes();
+      // 8-bit codes that the 8-bit forward pass multiplies need no float copy while training
+      // (the optimizer writes the values back when the run ends).
+      storage.keep_views =
+          !(o.weight_bits == 8 && o.policy.quantizes_forward() && o.policy.weight_bits == 8);
       // Every entry is checked before the optimizer rounds (and so changes) the model's values.
       if (o.initial_codes) check_initial_codes(parameters, *o.initial_codes, &storage);
       coded_ = std::make_unique<nn::QuantizedSGD<float>>(std::move(parameters), sgd, storage);

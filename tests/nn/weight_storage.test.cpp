@@ -13,6 +13,7 @@
 
 #include "fqt/nn/backends/int8.hpp"
 #include "fqt/nn/layers.hpp"
+#include "fqt/nn/loss.hpp"
 #include "fqt/nn/optim_quantized.hpp"
 #include "support/nn_gradcheck.hpp"
 
@@ -430,4 +431,70 @@ TEST_CASE("A tensor from its parts is checked, and QuantizedSGD::load_weight rep
   const auto& stored = std::get<T8>(opt.stored_weight(0));
   CHECK(stored.codes() == t.codes());
   CHECK(layer.parameters()[0].stored->codes == &stored);
+}
+
+TEST_CASE("QuantizedSGD with keep_views = false trains as with views, on the codes' bytes alone",
+          "[nn][weights][forward][memory]") {
+  const bool conv = GENERATE(false, true);
+  CAPTURE(conv);
+  // Two copies of a layer, one keeping its float view, one not: the same steps give the same
+  // codes, the same outputs and the same gradients.
+  LayerCase kept = layer_case(conv), freed = layer_case(conv);
+  const nn::QuantPolicy fqt = nn::QuantPolicy::with_mode(nn::Mode::FQT);
+  nn::WeightStorageOptions storage;
+  storage.weight_bits = 8;
+  storage.momentum_bits = 8;
+  storage.rng = Philox(12);
+  const nn::SgdOptions sgd{0.05, 0.9, false, 1e-3};
+  {
+    nn::QuantizedSGD<float> with_views(kept.layer->parameters(), sgd, storage);
+    storage.keep_views = false;
+    nn::QuantizedSGD<float> without(freed.layer->parameters(), sgd, storage);
+    const nn::Parameter<float> weight = freed.layer->parameters()[0];
+    CHECK(weight.variable.value().size() == 0);
+    CHECK(without.memory().views == 0);
+    CHECK(with_views.memory().views > 0);
+    CHECK(without.memory().weights == with_views.memory().weights);
+    for (int step = 0; step < 3; ++step) {
+      Matrix<float> outputs[2];
+      int k = 0;
+      for (auto* run : {&kept, &freed}) {
+        auto* opt = run == &kept ? &with_views : &without;
+        opt->zero_grad();
+        nn::Tape<float> tape;
+        nn::Context context;
+        context.policy = fqt;
+        context.step = static_cast<std::uint64_t>(step);
+        const auto y = run->layer->forward(tape, run->input, context);
+        outputs[k++] = y.value();
+        tape.backward(nn::softmax_cross_entropy(tape, y, std::vector<int>{0, 1, 2, 3}));
+        opt->step();
+      }
+      CHECK(outputs[0] == outputs[1]);
+      CHECK(weight.variable.grad() == kept.layer->parameters()[0].variable.grad());
+      CHECK(std::get<nn::QuantizedTensor<std::int8_t>>(without.stored_weight(0)).codes() ==
+            std::get<nn::QuantizedTensor<std::int8_t>>(with_views.stored_weight(0)).codes());
+    }
+    CHECK(weight.variable.value().size() == 0);
+    CHECK(without.memory().views == 0);
+    // A pass that reads float weights says why it cannot.
+    nn::Tape<float> tape;
+    nn::Context context;
+    context.policy = nn::QuantPolicy::with_mode(nn::Mode::Exact);
+    CHECK_THROWS_WITH(freed.layer->forward(tape, freed.input, context),
+                      Contains("float view is released") && Contains("keep_views"));
+  }
+  // The destroyed optimizer gave the values back: those of the codes the other one kept.
+  CHECK(freed.layer->parameters()[0].variable.value() ==
+        kept.layer->parameters()[0].variable.value());
+  CHECK(freed.layer->parameters()[0].stored->codes == nullptr);
+
+  storage.weight_bits = 16;
+  CHECK_THROWS_WITH(nn::QuantizedSGD<float>(freed.layer->parameters(), sgd, storage),
+                    Contains("keep_views = false needs weight_bits 8"));
+  storage.weight_bits = 8;
+  nn::Variable<float> loose(nn_test::random_matrix<float>(2, 3, 61), true);
+  CHECK_THROWS_WITH(nn::QuantizedSGD<float>({{"loose", loose, true}}, sgd, storage),
+                    Contains("'loose' has no slot for its codes"));
+  CHECK(loose.value().size() == 6);
 }

@@ -554,8 +554,10 @@ TEST_CASE("Coded weights round-trip through a version-2 file bit for bit and res
       fqt_train::detail::Optimizer sgd(loaded.parameters(), fqt_train::detail::sgd_options(resumed),
                                        resumed);
       CHECK(same_stored(sgd.stored_weights(), made));
-      CHECK(values_of(loaded.parameters()) == values);
     }
+    // (With 8-bit codes the optimizer frees the float views while it lives and then writes them
+    // back.)
+    CHECK(values_of(loaded.parameters()) == values);
     {
       fqt_train::detail::Optimizer sgd(loaded.parameters(), fqt_train::detail::sgd_options(options),
                                        options);

@@ -159,26 +159,36 @@ Eigen::Map<const Vector<Scalar>> as_const_vector(const Matrix<Scalar>& m) {
   return Eigen::Map<const Vector<Scalar>>(m.data(), m.size());
 }
 
-/// The gradient buffer of a parameter, zero-initialised when no gradient has arrived yet.
+/// The gradient buffer of a parameter of shape rows × cols, zero-initialised when no gradient
+/// has arrived yet (the shape is given: a weight whose float view an optimizer released has an
+/// empty value).
+template <class Scalar>
+Matrix<Scalar>& parameter_grad(const Variable<Scalar>& v, Index rows, Index cols) {
+  if (!v.has_grad()) v.grad().setZero(rows, cols);
+  return v.grad();
+}
+/// The same for a parameter of its value's shape.
 template <class Scalar>
 Matrix<Scalar>& parameter_grad(const Variable<Scalar>& v) {
-  if (!v.has_grad()) v.zero_grad();
-  return v.grad();
+  return parameter_grad(v, v.value().rows(), v.value().cols());
 }
 
 /// \brief Records the backward step shared by linear and conv2d: backward(grad_output,
 /// grad_input, grad_weight, grad_bias) overwrites grad_input (kept only when the input needs it)
-/// and accumulates into the weight's and the bias's gradients (empty when they need none).
+/// and accumulates into the weight's (weight_rows × weight_cols) and the bias's gradients (empty
+/// when they need none).
 template <class Scalar, class Backward>
 void record_weighted_backward(Tape<Scalar>& tape, const Variable<Scalar>& input,
                               const Variable<Scalar>& weight, const Variable<Scalar>& bias,
-                              const Variable<Scalar>& output, Backward backward) {
-  tape.record([input, weight, bias, output, backward]() {
+                              const Variable<Scalar>& output, Index weight_rows, Index weight_cols,
+                              Backward backward) {
+  tape.record([input, weight, bias, output, weight_rows, weight_cols, backward]() {
     if (!output.has_grad()) return;
     Matrix<Scalar> grad_input, none;
     Vector<Scalar> no_bias_grad;
     if (input.requires_grad()) grad_input.resize(input.batch(), input.value().cols());
-    Matrix<Scalar>& grad_weight = weight.requires_grad() ? parameter_grad(weight) : none;
+    Matrix<Scalar>& grad_weight =
+        weight.requires_grad() ? parameter_grad(weight, weight_rows, weight_cols) : none;
     if (bias.requires_grad()) {
       auto grad_bias = as_vector(parameter_grad(bias));
       backward(output.grad(), grad_input, grad_weight, grad_bias);
@@ -210,7 +220,9 @@ Variable<Scalar> linear(Tape<Scalar>& tape, const Variable<Scalar>& input,
   if (!cache) cache = std::make_shared<LinearCache<Scalar>>();
   // The recorded backward holds input and weight, whose values stay as they are until it runs.
   cache->borrow_exact_operands = true;
-  Matrix<Scalar> out(input.batch(), weight.value().rows());
+  const auto [out_features, in_features] =
+      weight_shape(policy, weight.value(), cache->stored_weight, "nn::linear");
+  Matrix<Scalar> out(input.batch(), out_features);
   const Vector<Scalar> no_bias;
   if (bias.defined()) {
     linear_forward(input.value(), weight.value(), detail::as_const_vector(bias.value()), policy,
@@ -221,7 +233,7 @@ Variable<Scalar> linear(Tape<Scalar>& tape, const Variable<Scalar>& input,
   const bool needs_grad = input.requires_grad() || weight.requires_grad() || bias.requires_grad();
   Variable<Scalar> output(std::move(out), needs_grad);
   if (needs_grad) {
-    detail::record_weighted_backward(tape, input, weight, bias, output,
+    detail::record_weighted_backward(tape, input, weight, bias, output, out_features, in_features,
                                      [streams, cache](const auto& grad_output, auto& grad_input,
                                                       auto& grad_weight, auto& grad_bias) {
                                        linear_backward(grad_output, *cache, streams, grad_input,
@@ -272,12 +284,12 @@ Variable<Scalar> conv2d(Tape<Scalar>& tape, const Variable<Scalar>& input,
       std::move(out),
       FeatureShape{geometry.out_channels, geometry.out_height(), geometry.out_width()}, needs_grad);
   if (needs_grad) {
-    detail::record_weighted_backward(tape, input, weight, bias, output,
-                                     [streams, cache](const auto& grad_output, auto& grad_input,
-                                                      auto& grad_weight, auto& grad_bias) {
-                                       conv2d_backward(grad_output, *cache, streams, grad_input,
-                                                       grad_weight, grad_bias);
-                                     });
+    detail::record_weighted_backward(
+        tape, input, weight, bias, output, geometry.out_channels, geometry.patch_size(),
+        [streams, cache](const auto& grad_output, auto& grad_input, auto& grad_weight,
+                         auto& grad_bias) {
+          conv2d_backward(grad_output, *cache, streams, grad_input, grad_weight, grad_bias);
+        });
   }
   return output;
 }

@@ -19,7 +19,10 @@
 /// parameter holds the dequantized codes: a **view** for whoever reads the weights as floats
 /// (Mode::Exact, forward bits below 8, 16-bit codes, a checkpoint), rewritten after every step.
 /// It is output only: every update starts from the codes, so writing the view changes nothing
-/// the optimizer keeps. `memory()` counts it apart from the weights.
+/// the optimizer keeps. `memory()` counts it apart from the weights. With 8-bit weights that only
+/// 8-bit forward passes read, WeightStorageOptions::keep_views = false frees the views while the
+/// optimizer lives (the weights then take their codes' bytes and nothing more); the destructor
+/// writes them back, so the model holds the trained values afterwards.
 
 #include <cstddef>
 #include <cstdint>
@@ -47,6 +50,11 @@ struct WeightStorageOptions {
   int momentum_bits = 0;  ///< 0: momentum in Scalar; 8 or 16: as codes
   bool per_row = true;    ///< one step per row (output channel), else one per tensor
   Philox rng;             ///< root of the rounding noise (see the file comment)
+  /// Keep each stored weight's dequantized values (the float view) in its Variable. False, with
+  /// 8-bit weights only: the views are freed while the optimizer lives — the layers' 8-bit
+  /// forward products multiply the codes, and a pass that reads float weights (Mode::Exact,
+  /// fewer forward bits) is refused with a message — and written back when it is destroyed.
+  bool keep_views = true;
 
   /// \throws std::invalid_argument naming the field unless the bit widths are 8/16 and 0/8/16
   void validate(const char* where) const {
@@ -54,6 +62,9 @@ struct WeightStorageOptions {
           weight_bits);
     check(momentum_bits == 0 || momentum_bits == 8 || momentum_bits == 16, where,
           "momentum_bits must be 0 (Scalar), 8 or 16, got ", momentum_bits);
+    check(keep_views || weight_bits == 8, where,
+          "keep_views = false needs weight_bits 8 (the layers multiply 8-bit codes only), got ",
+          weight_bits);
   }
 };
 
@@ -88,6 +99,9 @@ class QuantizedSGD {
       detail::check_finite(w, kWhere, what.c_str());
       check_domain(!stored(i) || w.size() == 0 || double(w.cwiseAbs().maxCoeff()) <= kLargest,
                    kWhere, what, " exceeds what its codes can hold");
+      check(storage.keep_views || !stored(i) || parameters_[i].stored != nullptr, kWhere, what,
+            " has no slot for its codes (Parameter::stored), so its float view cannot be freed "
+            "(keep_views = false)");
     }
     const std::size_t n = parameters_.size();
     weights_.resize(n);
@@ -99,6 +113,7 @@ class QuantizedSGD {
       weights_[i] = make(storage_.weight_bits, w.rows(), w.cols());
       initial_.weights += write(weights_[i], w, storage_.rng.substream(~std::uint64_t(0), i, 0));
       read(weights_[i], w);
+      if (!storage_.keep_views) Matrix<Scalar>().swap(w);  // the layers multiply the codes
       attach(i);
     }
   }
@@ -108,9 +123,15 @@ class QuantizedSGD {
   /// \brief Moves the optimizer; the layers' slots keep pointing at the same codes.
   QuantizedSGD(QuantizedSGD&&) = default;
   QuantizedSGD& operator=(QuantizedSGD&&) = delete;
-  /// \brief Clears the layers' slots that still point at this optimizer's codes.
+  /// \brief Writes freed views back (keep_views = false) and clears the layers' slots that
+  /// still point at this optimizer's codes.
   ~QuantizedSGD() {
     for (std::size_t i = 0; i < parameters_.size(); ++i) {
+      if (!storage_.keep_views && stored(i)) {
+        Matrix<Scalar>& view = parameters_[i].variable.value();
+        view.resize(rows_of(i), cols_of(i));
+        read(weights_[i], view);
+      }
       const auto& slot = parameters_[i].stored;
       if (slot && slot->codes != nullptr && slot->codes == std::get_if<Codes8>(&weights_[i])) {
         slot->codes = nullptr;
@@ -120,7 +141,8 @@ class QuantizedSGD {
 
   /// \brief Zeros every parameter's gradient (allocating it on first use).
   void zero_grad() {
-    for (auto& p : parameters_) p.variable.zero_grad();
+    for (std::size_t i = 0; i < parameters_.size(); ++i)
+      parameters_[i].variable.grad().setZero(rows_of(i), cols_of(i));
   }
 
   /// \brief One update from the accumulated gradients (parameters without a gradient are
@@ -129,10 +151,10 @@ class QuantizedSGD {
   /// std::invalid_argument; no parameter or state is changed then.
   void step() {
     constexpr const char* kWhere = "nn::QuantizedSGD::step";
-    for (const auto& p : parameters_) {
+    for (std::size_t i = 0; i < parameters_.size(); ++i) {
+      const auto& p = parameters_[i];
       if (!p.variable.has_grad()) continue;
-      detail::check_shape(p.variable.grad(), p.variable.value().rows(), p.variable.value().cols(),
-                          kWhere, "a gradient");
+      detail::check_shape(p.variable.grad(), rows_of(i), cols_of(i), kWhere, "a gradient");
       const std::string what = "gradient of parameter '" + p.name + "'";
       detail::check_finite(p.variable.grad(), kWhere, what.c_str());
     }
@@ -161,7 +183,7 @@ class QuantizedSGD {
         by_parameter_[i] = stored_pass(i, true);
         rounding.weights += by_parameter_[i].weights;
         rounding.momentum += by_parameter_[i].momentum;
-        read(weights_[i], p.variable.value());
+        if (storage_.keep_views) read(weights_[i], p.variable.value());
         continue;
       }
       update(i);
@@ -207,14 +229,14 @@ class QuantizedSGD {
     check(QuantizedTensor<Code>::kBits == storage_.weight_bits, kWhere, "parameter '", p.name,
           "' is stored in ", storage_.weight_bits, " bits, got ", QuantizedTensor<Code>::kBits,
           "-bit codes");
-    check(codes.rows() == p.variable.value().rows() && codes.cols() == p.variable.value().cols(),
-          kWhere, "parameter '", p.name, "' is ", p.variable.value().rows(), " x ",
-          p.variable.value().cols(), ", the codes ", codes.rows(), " x ", codes.cols());
+    check(codes.rows() == rows_of(i) && codes.cols() == cols_of(i), kWhere, "parameter '", p.name,
+          "' is ", rows_of(i), " x ", cols_of(i), ", the codes ", codes.rows(), " x ",
+          codes.cols());
     check(codes.per_row() == storage_.per_row, kWhere, "parameter '", p.name, "' has ",
           storage_.per_row ? "a step per row" : "one step", ", the codes ",
           codes.per_row() ? "a step per row" : "one step");
     std::get<QuantizedTensor<Code>>(weights_[i]) = std::move(codes);
-    read(weights_[i], parameters_[i].variable.value());
+    if (storage_.keep_views) read(weights_[i], parameters_[i].variable.value());
     attach(i);
   }
 
@@ -223,7 +245,7 @@ class QuantizedSGD {
     OptimizerMemory m;
     for (std::size_t i = 0; i < parameters_.size(); ++i) {
       const Matrix<Scalar>& w = parameters_[i].variable.value();
-      m.parameters += w.size();
+      m.parameters += rows_of(i) * cols_of(i);
       const auto value_bytes = static_cast<std::size_t>(w.size()) * sizeof(Scalar);
       if (stored(i)) {
         m.weights += bytes(weights_[i]);
@@ -245,6 +267,25 @@ class QuantizedSGD {
   static constexpr double kLargest = 127.0 * double(std::numeric_limits<float>::max());
 
   bool stored(std::size_t i) const { return parameters_[i].weight_decay; }
+
+  // The shape of parameter i: its codes' for a stored one (its view may be freed).
+  Index rows_of(std::size_t i) const {
+    return stored(i) ? shape_of(weights_[i]).first : parameters_[i].variable.value().rows();
+  }
+  Index cols_of(std::size_t i) const {
+    return stored(i) ? shape_of(weights_[i]).second : parameters_[i].variable.value().cols();
+  }
+  static std::pair<Index, Index> shape_of(const Stored& s) {
+    return std::visit(
+        [](const auto& t) -> std::pair<Index, Index> {
+          if constexpr (std::is_same_v<std::decay_t<decltype(t)>, std::monostate>) {
+            return {0, 0};
+          } else {
+            return {t.rows(), t.cols()};
+          }
+        },
+        s);
+  }
 
   // Points parameter i's layer slot at its 8-bit codes (16-bit ones are read through the view).
   void attach(std::size_t i) {
@@ -306,7 +347,10 @@ class QuantizedSGD {
     const Index rows = g.rows(), cols = g.cols();
     const auto width = static_cast<std::size_t>(cols);
     for (auto* b : {&row_, &next_row_, &velocity_row_, &old_velocity_row_}) {
-      if (b->size() < width) b->resize(width);
+      if (b->size() < width) {  // grown to the widest row seen, without a growth margin
+        b->resize(width);
+        b->shrink_to_fit();
+      }
     }
     const Scalar lr = static_cast<Scalar>(options_.learning_rate);
     const Scalar mu = static_cast<Scalar>(options_.momentum);

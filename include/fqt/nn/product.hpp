@@ -8,6 +8,7 @@
 #include <stdexcept>
 #include <string>
 #include <type_traits>
+#include <utility>
 
 #include "fqt/core/error.hpp"
 #include "fqt/core/matrix.hpp"
@@ -214,6 +215,28 @@ inline void check_stored_weight(const QuantPolicy& policy,
         "the weight's codes have one step per row, which the ", policy.product_backend().name(),
         " backend cannot multiply (its grad-input product contracts over the rows); store them "
         "with one step per tensor (WeightStorageOptions::per_row = false)");
+}
+
+/// \brief The shape of a GEMM op's weight: `weight`'s, or, when `weight` is empty and stored
+/// codes stand in for it (an optimizer released the float view: WeightStorageOptions::
+/// keep_views), the codes'.
+/// \throws std::invalid_argument, naming `where`, when the view is released but the policy
+///         reads float weights (Mode::Exact, forward weight bits below 8, or the forward pass
+///         not quantized)
+template <class Derived>
+std::pair<Index, Index> weight_shape(const QuantPolicy& policy,
+                                     const Eigen::MatrixBase<Derived>& weight,
+                                     const QuantizedTensor<std::int8_t>* stored,
+                                     const char* where) {
+  const bool released =
+      weight.size() == 0 && stored != nullptr && stored->rows() * stored->cols() > 0;
+  if (!released) return {weight.rows(), weight.cols()};
+  check(uses_stored_weight(policy, stored), where,
+        "the weight's float view is released (WeightStorageOptions::keep_views = false), but ",
+        "the policy reads float weights (", to_string(policy.mode), ", forward weight bits ",
+        policy.weight_bits, policy.quantizes_forward() ? "" : ", forward pass not quantized",
+        "): only an 8-bit quantized forward pass multiplies the codes");
+  return {stored->rows(), stored->cols()};
 }
 
 /// \brief The forward weight operand of a GEMM op: the stored codes when uses_stored_weight

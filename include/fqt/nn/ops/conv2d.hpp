@@ -64,7 +64,8 @@ struct Conv2dCache {
 /// \brief Y = conv(Q_f(X), Q_f(W)) + b (Exact: conv(X, W) + b), by im2col and GEMM on the
 /// policy's backend. **Overwrites** output.
 /// \param input X, N × (C·H·W) (NCHW rows)
-/// \param weight W, K × (C·kh·kw)
+/// \param weight W, K × (C·kh·kw) (empty when cache.stored_weight stands in for it: see
+///        weight_shape)
 /// \param bias b, size K, or size 0 for no bias (never quantized)
 /// \param geometry the convolution's shape (validated)
 /// \param policy mode, quantizers and backend; recorded in the cache
@@ -88,9 +89,10 @@ void conv2d_forward(const detail::ConstMatrix<Scalar>& input,
   check(input.cols() == g.input_size(), kWhere, "input has ", input.cols(),
         " columns per sample, expected in_channels * in_height * in_width = ", g.in_channels, " * ",
         g.in_height, " * ", g.in_width, " = ", g.input_size());
-  check(weight.rows() == g.out_channels && weight.cols() == g.patch_size(), kWhere,
+  const auto [weight_rows, weight_cols] = weight_shape(policy, weight, cache.stored_weight, kWhere);
+  check(weight_rows == g.out_channels && weight_cols == g.patch_size(), kWhere,
         "weight must be out_channels x (in_channels * kernel_height * kernel_width) = ",
-        g.out_channels, " x ", g.patch_size(), ", got ", weight.rows(), " x ", weight.cols());
+        g.out_channels, " x ", g.patch_size(), ", got ", weight_rows, " x ", weight_cols);
   check(bias.size() == 0 || bias.size() == g.out_channels, kWhere, "bias has size ", bias.size(),
         ", expected ", g.out_channels, " (or 0 for no bias)");
   detail::check_shape(output, input.rows(), g.output_size(), kWhere, "output");
@@ -102,7 +104,7 @@ void conv2d_forward(const detail::ConstMatrix<Scalar>& input,
   detail::check_finite(input, kWhere, "input");
   detail::check_finite(weight, kWhere, "weight");
   detail::check_finite(bias, kWhere, "bias");
-  check_stored_weight(policy, cache.stored_weight, weight.rows(), weight.cols(), kWhere);
+  check_stored_weight(policy, cache.stored_weight, weight_rows, weight_cols, kWhere);
 
   // Every check has passed: from here on the cache is incomplete until the pass finishes.
   cache.complete = false;

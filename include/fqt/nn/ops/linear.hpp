@@ -50,7 +50,7 @@ struct LinearCache {
 /// \brief Y = Q_f(X)·Q_f(W)ᵀ + b (Exact: Y = X·Wᵀ + b), the product computed by the policy's
 /// backend. **Overwrites** output.
 /// \param input X, N × in (one sample per row)
-/// \param weight W, out × in
+/// \param weight W, out × in (empty when cache.stored_weight stands in for it: see weight_shape)
 /// \param bias b, size out, or size 0 for no bias (never quantized)
 /// \param policy mode, quantizers and backend; recorded in the cache for the backward pass
 /// \param cache filled with X̂ and Ŵ; unchanged when an argument check throws, marked incomplete
@@ -66,22 +66,23 @@ void linear_forward(const detail::ConstMatrix<Scalar>& input,
   detail::static_check_scalar<Scalar>();
   constexpr const char* kWhere = "nn::linear_forward";
   policy.validate(kWhere, Contraction::Rows);
-  check(input.cols() == weight.cols(), kWhere, "input has ", input.cols(), " features but weight (",
-        weight.rows(), " x ", weight.cols(), ") expects ", weight.cols());
-  check(bias.size() == 0 || bias.size() == weight.rows(), kWhere, "bias has size ", bias.size(),
-        ", expected ", weight.rows(), " (or 0 for no bias)");
-  detail::check_shape(output, input.rows(), weight.rows(), kWhere, "output");
+  const auto [out, in] = weight_shape(policy, weight, cache.stored_weight, kWhere);
+  check(input.cols() == in, kWhere, "input has ", input.cols(), " features but weight (", out,
+        " x ", in, ") expects ", in);
+  check(bias.size() == 0 || bias.size() == out, kWhere, "bias has size ", bias.size(),
+        ", expected ", out, " (or 0 for no bias)");
+  detail::check_shape(output, input.rows(), out, kWhere, "output");
   detail::check_finite(input, kWhere, "input");
   detail::check_finite(weight, kWhere, "weight");
   detail::check_finite(bias, kWhere, "bias");
-  check_stored_weight(policy, cache.stored_weight, weight.rows(), weight.cols(), kWhere);
+  check_stored_weight(policy, cache.stored_weight, out, in, kWhere);
 
   // Every check has passed: from here on the cache is incomplete until the pass finishes.
   cache.complete = false;
   cache.policy = policy;
   cache.batch = input.rows();
   cache.in_features = input.cols();
-  cache.out_features = weight.rows();
+  cache.out_features = out;
   store_forward_operand<Scalar>(policy, policy.activation_spec(), input, cache.input, kWhere,
                                 "input", cache.borrow_exact_operands);
   store_forward_weight<Scalar>(policy, weight, cache.stored_weight, cache.weight, kWhere,
