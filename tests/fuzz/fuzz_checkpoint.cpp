@@ -46,25 +46,6 @@ fqt_train::Model& model() {
 
 using Stored = fqt::nn::QuantizedSGD<float>::Stored;
 
-// Whether a and b hold the same kind of weight and, for codes, the same codes and steps (bits).
-bool same_stored(const Stored& a, const Stored& b) {
-  if (a.index() != b.index()) return false;
-  return std::visit(
-      [&](const auto& x) -> bool {
-        using T = std::decay_t<decltype(x)>;
-        if constexpr (std::is_same_v<T, std::monostate>) {
-          return true;
-        } else {
-          const T& y = std::get<T>(b);
-          return x.rows() == y.rows() && x.cols() == y.cols() && x.per_row() == y.per_row() &&
-                 x.codes() == y.codes() && x.steps().size() == y.steps().size() &&
-                 std::memcmp(x.steps().data(), y.steps().data(),
-                             sizeof(float) * x.steps().size()) == 0;
-        }
-      },
-      a);
-}
-
 bool same_values(const fqt_train::Matrix& a, const fqt_train::Matrix& b) {
   return a.rows() == b.rows() && a.cols() == b.cols() &&
          std::memcmp(a.data(), b.data(), sizeof(float) * static_cast<std::size_t>(a.size())) == 0;
@@ -121,8 +102,7 @@ void check_codes(const std::vector<fqt_train::nn::Parameter<float>>& parameters,
           codes[k]);
     }
     for (std::size_t k = 0; k < codes.size(); ++k) {
-      if (!std::holds_alternative<std::monostate>(codes[k]) &&
-          !same_stored(sgd.stored_weight(k), codes[k])) {
+      if (!std::holds_alternative<std::monostate>(codes[k]) && sgd.stored_weight(k) != codes[k]) {
         fqt_fuzz::finding("an optimizer resumed from the codes stores them", "parameter ", k);
       }
       if (!std::holds_alternative<std::monostate>(codes[k]) &&

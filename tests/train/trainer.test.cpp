@@ -11,7 +11,6 @@
 #include <cstdint>
 #include <cstdio>
 #include <cstdlib>
-#include <cstring>
 #include <filesystem>
 #include <fstream>
 #include <iterator>
@@ -365,34 +364,6 @@ using Stored = nn::QuantizedSGD<float>::Stored;
 using Codes8 = nn::QuantizedTensor<std::int8_t>;
 using Codes16 = nn::QuantizedTensor<std::int16_t>;
 
-// True when a and b hold the same kind of weight and, for codes, the same shape, granularity,
-// codes and steps (bit for bit).
-bool same_stored(const Stored& a, const Stored& b) {
-  if (a.index() != b.index()) return false;
-  return std::visit(
-      [&](const auto& x) -> bool {
-        using T = std::decay_t<decltype(x)>;
-        if constexpr (std::is_same_v<T, std::monostate>) {
-          return true;
-        } else {
-          const T& y = std::get<T>(b);
-          return x.rows() == y.rows() && x.cols() == y.cols() && x.per_row() == y.per_row() &&
-                 x.codes() == y.codes() && x.steps().size() == y.steps().size() &&
-                 std::memcmp(x.steps().data(), y.steps().data(),
-                             sizeof(float) * x.steps().size()) == 0;
-        }
-      },
-      a);
-}
-
-bool same_stored(const StoredWeights& a, const StoredWeights& b) {
-  if (a.size() != b.size()) return false;
-  for (std::size_t i = 0; i < a.size(); ++i) {
-    if (!same_stored(a[i], b[i])) return false;
-  }
-  return true;
-}
-
 // Codes off the grid the optimizer would fit to their values (small codes, the extremes ±kMaxCode
 // in row 0 only, a zero step), for every weight of `parameters`; monostate for the others.
 template <class Code>
@@ -514,7 +485,7 @@ TEST_CASE("Coded weights round-trip through a version-2 file bit for bit and res
 
     fqt_train::Model loaded(arch, fqt::Philox(12));
     const StoredWeights codes = fqt_train::load_model(loaded, path);
-    CHECK(same_stored(codes, result.stored_weights));
+    CHECK(codes == result.stored_weights);
     // The model gets the codes' values: the trained model's views, exactly.
     CHECK(values_of(loaded.parameters()) == values_of(parameters));
     const auto policy = options.policy;
@@ -528,7 +499,7 @@ TEST_CASE("Coded weights round-trip through a version-2 file bit for bit and res
     fqt_train::save_model(model, made, path);
     fqt_train::Model loaded(arch, fqt::Philox(14));
     auto codes = std::make_shared<const StoredWeights>(fqt_train::load_model(loaded, path));
-    REQUIRE(same_stored(*codes, made));
+    REQUIRE(*codes == made);
     const auto values = values_of(loaded.parameters());
     for (std::size_t i = 0; i < parameters.size(); ++i) {
       if (!parameters[i].weight_decay) {
@@ -553,7 +524,7 @@ TEST_CASE("Coded weights round-trip through a version-2 file bit for bit and res
     {
       fqt_train::detail::Optimizer sgd(loaded.parameters(), fqt_train::detail::sgd_options(resumed),
                                        resumed);
-      CHECK(same_stored(sgd.stored_weights(), made));
+      CHECK(sgd.stored_weights() == made);
     }
     // (With 8-bit codes the optimizer frees the float views while it lives and then writes them
     // back.)
@@ -561,7 +532,7 @@ TEST_CASE("Coded weights round-trip through a version-2 file bit for bit and res
     {
       fqt_train::detail::Optimizer sgd(loaded.parameters(), fqt_train::detail::sgd_options(options),
                                        options);
-      CHECK_FALSE(same_stored(sgd.stored_weights(), made));
+      CHECK_FALSE(sgd.stored_weights() == made);
     }
     // And a run resumed from them trains (the codes' width and granularity fit).
     fqt_train::Model again(arch, fqt::Philox(15));
@@ -577,7 +548,7 @@ TEST_CASE("Coded weights round-trip through a version-2 file bit for bit and res
     fqt_train::save_model(model, made, path);
     fqt_train::Model loaded(arch, fqt::Philox(17));
     const StoredWeights codes = fqt_train::load_model(loaded, path);
-    CHECK(same_stored(codes, made));
+    CHECK(codes == made);
     // The simulated backend keeps a step per row: it cannot resume from these codes.
     auto resumed = options;
     resumed.initial_codes = std::make_shared<const StoredWeights>(codes);
@@ -822,7 +793,7 @@ TEST_CASE("Saving stored weights refuses what loading would refuse",
   fqt_train::save_model(model, stored, path);
   fqt_train::Model loaded(tiny_architecture(data), fqt::Philox(62));
   const StoredWeights codes = fqt_train::load_model(loaded, path);
-  CHECK(same_stored(codes, stored));
+  CHECK(codes == stored);
   CHECK(fqt_train::stored_bits(codes) == 0);
 }
 

@@ -37,6 +37,7 @@
 #include "fqt/core/matrix.hpp"
 #include "fqt/core/random.hpp"
 #include "fqt/nn/detail/checks.hpp"
+#include "fqt/nn/detail/stored_codes.hpp"
 #include "fqt/nn/layers.hpp"
 #include "fqt/nn/optim.hpp"
 #include "fqt/nn/weight_storage.hpp"
@@ -81,7 +82,7 @@ class QuantizedSGD {
  public:
   using Codes8 = QuantizedTensor<std::int8_t>;
   using Codes16 = QuantizedTensor<std::int16_t>;
-  using Stored = std::variant<std::monostate, Codes8, Codes16>;
+  using Stored = StoredCodes;
 
   /// \brief Stores every weight as codes, rounding its current value stochastically (with
   /// rng.substream(~0, i, 0)), and replaces the Variable's value by the codes' values.
@@ -111,8 +112,9 @@ class QuantizedSGD {
       if (!stored(i)) continue;
       Matrix<Scalar>& w = parameters_[i].variable.value();
       weights_[i] = make(storage_.weight_bits, w.rows(), w.cols());
-      initial_.weights += write(weights_[i], w, storage_.rng.substream(~std::uint64_t(0), i, 0));
-      read(weights_[i], w);
+      initial_.weights +=
+          detail::write(weights_[i], w, storage_.rng.substream(~std::uint64_t(0), i, 0));
+      detail::read(weights_[i], w);
       if (!storage_.keep_views) Matrix<Scalar>().swap(w);  // the layers multiply the codes
       attach(i);
     }
@@ -130,7 +132,7 @@ class QuantizedSGD {
       if (!storage_.keep_views && stored(i)) {
         Matrix<Scalar>& view = parameters_[i].variable.value();
         view.resize(rows_of(i), cols_of(i));
-        read(weights_[i], view);
+        detail::read(weights_[i], view);
       }
       const auto& slot = parameters_[i].stored;
       if (slot && slot->codes != nullptr && slot->codes == std::get_if<Codes8>(&weights_[i])) {
@@ -183,7 +185,7 @@ class QuantizedSGD {
         by_parameter_[i] = stored_pass(i, true);
         rounding.weights += by_parameter_[i].weights;
         rounding.momentum += by_parameter_[i].momentum;
-        if (storage_.keep_views) read(weights_[i], p.variable.value());
+        if (storage_.keep_views) detail::read(weights_[i], p.variable.value());
         continue;
       }
       update(i);
@@ -236,7 +238,7 @@ class QuantizedSGD {
           storage_.per_row ? "a step per row" : "one step", ", the codes ",
           codes.per_row() ? "a step per row" : "one step");
     std::get<QuantizedTensor<Code>>(weights_[i]) = std::move(codes);
-    if (storage_.keep_views) read(weights_[i], parameters_[i].variable.value());
+    if (storage_.keep_views) detail::read(weights_[i], parameters_[i].variable.value());
     attach(i);
   }
 
@@ -248,12 +250,12 @@ class QuantizedSGD {
       m.parameters += rows_of(i) * cols_of(i);
       const auto value_bytes = static_cast<std::size_t>(w.size()) * sizeof(Scalar);
       if (stored(i)) {
-        m.weights += bytes(weights_[i]);
+        m.weights += detail::bytes_of(weights_[i]);
         m.views += value_bytes;
       } else {
         m.weights += value_bytes;
       }
-      m.state += bytes(momentum_[i]) +
+      m.state += detail::bytes_of(momentum_[i]) +
                  static_cast<std::size_t>(scalar_momentum_[i].size()) * sizeof(Scalar);
     }
     m.workspace = (next_.capacity() + velocity_.capacity() + row_.capacity() +
@@ -270,21 +272,11 @@ class QuantizedSGD {
 
   // The shape of parameter i: its codes' for a stored one (its view may be freed).
   Index rows_of(std::size_t i) const {
-    return stored(i) ? shape_of(weights_[i]).first : parameters_[i].variable.value().rows();
+    return stored(i) ? detail::shape_of(weights_[i]).first : parameters_[i].variable.value().rows();
   }
   Index cols_of(std::size_t i) const {
-    return stored(i) ? shape_of(weights_[i]).second : parameters_[i].variable.value().cols();
-  }
-  static std::pair<Index, Index> shape_of(const Stored& s) {
-    return std::visit(
-        [](const auto& t) -> std::pair<Index, Index> {
-          if constexpr (std::is_same_v<std::decay_t<decltype(t)>, std::monostate>) {
-            return {0, 0};
-          } else {
-            return {t.rows(), t.cols()};
-          }
-        },
-        s);
+    return stored(i) ? detail::shape_of(weights_[i]).second
+                     : parameters_[i].variable.value().cols();
   }
 
   // Points parameter i's layer slot at its 8-bit codes (16-bit ones are read through the view).
@@ -341,7 +333,6 @@ class QuantizedSGD {
   // computes them again and writes them, returning the rounding error of the writes. Row r's
   // old codes and momentum are read before row r is written, so both passes see the old ones.
   RoundingVariance stored_pass(std::size_t i, bool commit) {
-    constexpr const char* kWhere = "nn::QuantizedSGD::step";
     const auto& p = parameters_[i];
     const Matrix<Scalar>& g = p.variable.grad();
     const Index rows = g.rows(), cols = g.cols();
@@ -352,10 +343,7 @@ class QuantizedSGD {
         b->shrink_to_fit();
       }
     }
-    const Scalar lr = static_cast<Scalar>(options_.learning_rate);
-    const Scalar mu = static_cast<Scalar>(options_.momentum);
-    const Scalar decay = static_cast<Scalar>(options_.weight_decay);
-    const bool velocity = mu != 0;
+    const bool velocity = options_.momentum != 0;
     const bool coded = velocity && storage_.momentum_bits != 0;
     // A first step (no momentum yet) starts the momentum with the gradient. A coded momentum
     // created here by pass 1 holds zeros, which gives the same v = 0·μ + g.
@@ -367,118 +355,74 @@ class QuantizedSGD {
     Stored& w = weights_[i];
     Stored* m = coded ? &momentum_[i] : nullptr;
     if (!commit) {
-      begin_write(w);
-      if (m) begin_write(*m);
+      detail::begin_write(w);
+      if (m) detail::begin_write(*m);
     }
     const Philox weight_rng = storage_.rng.substream(step_, i, 0);
     const Philox momentum_rng = storage_.rng.substream(step_, i, 1);
     RoundingVariance error;
     for (Index r = 0; r < rows; ++r) {
-      Scalar *x = row_.data(), *next = next_row_.data(), *v = velocity_row_.data();
-      read_row(w, r, x);
-      if (m) read_row(*m, r, old_velocity_row_.data());
-      for (Index c = 0; c < cols; ++c) {
-        Scalar d = g(r, c);
-        if (decay != 0) d += decay * x[c];
-        if (velocity) {
-          const Scalar old = m ? old_velocity_row_[static_cast<std::size_t>(c)]
-                               : (first ? Scalar(0) : scalar_momentum_[i](r, c));
-          v[c] = first ? d : mu * old + d;
-          d = options_.nesterov ? d + mu * v[c] : v[c];
-        }
-        next[c] = x[c] - lr * d;
-      }
+      const Scalar *next = next_row_.data(), *v = velocity_row_.data();
+      detail::read_row(w, r, row_.data());
+      if (m) detail::read_row(*m, r, old_velocity_row_.data());
+      update_row(i, r, m != nullptr, first);
       if (!commit) {
-        check_row(next, cols, r, "parameter '" + p.name + "' after the update,", kWhere);
-        fit_row(w, r, next);
-        if (velocity) check_row(v, cols, r, "momentum of parameter '" + p.name + "',", kWhere);
-        if (m) fit_row(*m, r, v);
+        check_row(next, cols, r, "parameter '", p.name, "' after the update,");
+        detail::fit_row(w, r, next);
+        if (velocity) check_row(v, cols, r, "momentum of parameter '", p.name, "',");
+        if (m) detail::fit_row(*m, r, v);
         continue;
       }
       if (m) {
-        error.momentum += write_row(*m, r, v, momentum_rng);
+        error.momentum += detail::write_row(*m, r, v, momentum_rng);
       } else if (velocity) {
         for (Index c = 0; c < cols; ++c) scalar_momentum_[i](r, c) = v[c];
       }
-      error.weights += write_row(w, r, next, weight_rng);
+      error.weights += detail::write_row(w, r, next, weight_rng);
     }
     if (commit) {
-      end_write(w);
-      if (m) end_write(*m);
+      detail::end_write(w);
+      if (m) detail::end_write(*m);
     }
     return error;
   }
 
-  // Throws std::domain_error naming `what` unless the row's values are finite and within what
-  // codes with a float step can hold.
-  static void check_row(const Scalar* values, Index cols, Index r, const std::string& what,
-                        const char* where) {
-    for (Index c = 0; c < cols; ++c) {
-      const double v = static_cast<double>(values[c]);
-      check_domain(std::isfinite(v), where, what, " element (", r, ", ", c, ") is ", v);
-      check_domain(std::abs(v) <= kLargest, where, what, " exceeds what its codes can hold");
+  // Row r of stored parameter i's update, update()'s rule: w′ into next_row_ and v into
+  // velocity_row_, from its gradient, its decoded weight (row_) and its old momentum
+  // (old_velocity_row_ when `coded`, else the Scalar momentum; none on a `first` step).
+  void update_row(std::size_t i, Index r, bool coded, bool first) {
+    const Matrix<Scalar>& g = parameters_[i].variable.grad();
+    const Scalar lr = static_cast<Scalar>(options_.learning_rate);
+    const Scalar mu = static_cast<Scalar>(options_.momentum);
+    const Scalar decay = static_cast<Scalar>(options_.weight_decay);
+    const Scalar* x = row_.data();
+    Scalar *next = next_row_.data(), *v = velocity_row_.data();
+    for (Index c = 0; c < g.cols(); ++c) {
+      Scalar d = g(r, c);
+      if (decay != 0) d += decay * x[c];
+      if (mu != 0) {
+        const Scalar old = coded ? old_velocity_row_[static_cast<std::size_t>(c)]
+                                 : (first ? Scalar(0) : scalar_momentum_[i](r, c));
+        v[c] = first ? d : mu * old + d;
+        d = options_.nesterov ? d + mu * v[c] : v[c];
+      }
+      next[c] = x[c] - lr * d;
     }
   }
 
-  template <class F>
-  static auto on_codes(Stored& s, F&& f) {
-    return std::visit(
-        [&](auto& t) {
-          if constexpr (std::is_same_v<std::decay_t<decltype(t)>, std::monostate>) {
-            FQT_ASSERT(false);
-            return decltype(f(std::declval<Codes8&>()))();
-          } else {
-            return f(t);
-          }
-        },
-        s);
-  }
-  static void begin_write(Stored& s) {
-    on_codes(s, [](auto& t) { t.begin_write(); });
-  }
-  static void end_write(Stored& s) {
-    on_codes(s, [](auto& t) { t.end_write(); });
-  }
-  static void read_row(Stored& s, Index r, Scalar* out) {
-    on_codes(s, [&](auto& t) { t.read_row(r, out); });
-  }
-  static void fit_row(Stored& s, Index r, const Scalar* values) {
-    on_codes(s, [&](auto& t) { t.fit_row(r, values); });
-  }
-  static double write_row(Stored& s, Index r, const Scalar* values, const Philox& rng) {
-    return on_codes(s, [&](auto& t) { return t.write_row(r, values, rng); });
-  }
-
-  template <class Derived>
-  static double write(Stored& s, const Eigen::MatrixBase<Derived>& x, const Philox& rng) {
-    return std::visit(
-        [&](auto& t) -> double {
-          if constexpr (std::is_same_v<std::decay_t<decltype(t)>, std::monostate>) {
-            return 0.0;
-          } else {
-            return t.write(x, rng);
-          }
-        },
-        s);
-  }
-  template <class Out>
-  static void read(const Stored& s, Out& out) {
-    std::visit(
-        [&](const auto& t) {
-          if constexpr (!std::is_same_v<std::decay_t<decltype(t)>, std::monostate>) t.read(out);
-        },
-        s);
-  }
-  static std::size_t bytes(const Stored& s) {
-    return std::visit(
-        [](const auto& t) -> std::size_t {
-          if constexpr (std::is_same_v<std::decay_t<decltype(t)>, std::monostate>) {
-            return 0;
-          } else {
-            return t.bytes();
-          }
-        },
-        s);
+  // Throws std::domain_error naming the value (what: "<prefix>'<name>'<suffix>") unless the
+  // row's values are finite and within what codes with a float step can hold. The message is
+  // formed only on failure: this runs for every row of every step.
+  static void check_row(const Scalar* values, Index cols, Index r, const char* prefix,
+                        const std::string& name, const char* suffix) {
+    constexpr const char* kWhere = "nn::QuantizedSGD::step";
+    for (Index c = 0; c < cols; ++c) {
+      const double v = static_cast<double>(values[c]);
+      check_domain(std::isfinite(v), kWhere, prefix, name, suffix, " element (", r, ", ", c,
+                   ") is ", v);
+      check_domain(std::abs(v) <= kLargest, kWhere, prefix, name, suffix,
+                   " exceeds what its codes can hold");
+    }
   }
 
   std::vector<Parameter<Scalar>> parameters_;

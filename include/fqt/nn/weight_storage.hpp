@@ -98,6 +98,13 @@ class QuantizedTensor {
   double value(Index r, Index c) const {
     return double(step(r)) * double(codes_[static_cast<std::size_t>(r * cols_ + c)]);
   }
+  /// \brief Equal: the same shape, granularity, codes and steps.
+  friend bool operator==(const QuantizedTensor& a, const QuantizedTensor& b) {
+    return a.rows_ == b.rows_ && a.cols_ == b.cols_ && a.per_row_ == b.per_row_ &&
+           a.codes_ == b.codes_ && a.steps_ == b.steps_;
+  }
+  friend bool operator!=(const QuantizedTensor& a, const QuantizedTensor& b) { return !(a == b); }
+
   /// \brief The bytes the tensor holds: its codes and steps.
   std::size_t bytes() const {
     return codes_.capacity() * sizeof(Code) +
